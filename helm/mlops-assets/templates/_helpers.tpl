@@ -1,0 +1,283 @@
+{{/* ---------------------------------------------------------------- names and labels */}}
+
+{{- define "mlops.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Resource-name prefix: fullnameOverride, "<release>" or "<release>-<chart>". Kept to 40
+characters so that "<prefix>-<component>" (and KubeRay's "-head-svc") stay DNS-1035 labels. */}}
+{{- define "mlops.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels. Call with (dict "root" $ "component" "serving"). */}}
+{{- define "mlops.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mlops.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* All labels. Call with (dict "root" $ "component" "serving"). */}}
+{{- define "mlops.labels" -}}
+helm.sh/chart: {{ include "mlops.chart" .root }}
+{{ include "mlops.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: mlops-assets
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Metadata block (name, namespace, labels). Call with (dict "root" $ "component" "x" "name" "n"). */}}
+{{- define "mlops.metadata" -}}
+name: {{ .name }}
+namespace: {{ .root.Release.Namespace }}
+labels:
+  {{- include "mlops.labels" . | nindent 2 }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------------- images */}}
+
+{{/* "repository:tag[@digest]". Call with (dict "repository" r "tag" t "digest" d). */}}
+{{- define "mlops.imageRef" -}}
+{{- $ref := printf "%s:%s" .repository (toString .tag) }}
+{{- if .digest }}{{ $ref = printf "%s@%s" $ref .digest }}{{ end }}
+{{- $ref }}
+{{- end }}
+
+{{/* The project's image; the tag defaults to the chart's appVersion. */}}
+{{- define "mlops.appImage" -}}
+{{- include "mlops.imageRef" (dict "repository" .Values.image.repository "tag" (default .Chart.AppVersion .Values.image.tag) "digest" .Values.image.digest) }}
+{{- end }}
+
+{{- define "mlops.rayImage" -}}
+{{- $img := .Values.ray.image }}
+{{- if $img.repository }}
+{{- include "mlops.imageRef" (dict "repository" $img.repository "tag" (default (default .Chart.AppVersion .Values.image.tag) $img.tag) "digest" $img.digest) }}
+{{- else }}
+{{- include "mlops.appImage" . }}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.postgresImage" -}}
+{{- include "mlops.imageRef" .Values.postgresql.image }}
+{{- end }}
+
+{{- define "mlops.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* ------------------------------------------------------------ service accounts */}}
+
+{{- define "mlops.dagsterServiceAccount" -}}
+{{- default (printf "%s-dagster" (include "mlops.fullname" .)) .Values.serviceAccount.dagsterName }}
+{{- end }}
+
+{{- define "mlops.workloadServiceAccount" -}}
+{{- default (printf "%s-workload" (include "mlops.fullname" .)) .Values.serviceAccount.workloadName }}
+{{- end }}
+
+{{/* ------------------------------------------------------------------ security */}}
+
+{{- define "mlops.podSecurityContext" -}}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end }}
+
+{{- define "mlops.containerSecurityContext" -}}
+securityContext:
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+{{- end }}
+
+{{/* Writable scratch space for a read-only root filesystem: /tmp and the image user's home. */}}
+{{- define "mlops.scratchVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpVolumeSizeLimit }}
+- name: home
+  emptyDir:
+    sizeLimit: {{ .Values.tmpVolumeSizeLimit }}
+{{- end }}
+
+{{- define "mlops.scratchVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: home
+  mountPath: /home/app
+{{- end }}
+
+{{/* nodeSelector / tolerations / affinity of one component's values. */}}
+{{- define "mlops.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* ------------------------------------------------------------------ endpoints */}}
+
+{{- define "mlops.postgresHost" -}}
+{{- if .Values.postgresql.enabled }}
+{{- printf "%s-postgresql.%s.svc.%s" (include "mlops.fullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- else }}
+{{- required "postgresql.host is required when postgresql.enabled is false" .Values.postgresql.host }}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.mlflowServiceName" -}}
+{{- printf "%s-mlflow" (include "mlops.fullname" .) }}
+{{- end }}
+
+{{- define "mlops.mlflowTrackingUri" -}}
+{{- if .Values.mlflow.trackingUri }}
+{{- .Values.mlflow.trackingUri }}
+{{- else if .Values.mlflow.enabled }}
+{{- printf "http://%s.%s.svc.%s:%v" (include "mlops.mlflowServiceName" .) .Release.Namespace .Values.clusterDomain .Values.mlflow.service.port }}
+{{- else }}
+{{- fail "mlflow.trackingUri is required when mlflow.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.rayClusterName" -}}
+{{- printf "%s-ray" (include "mlops.fullname" .) }}
+{{- end }}
+
+{{/* RAY_ADDRESS: the in-chart RayCluster's client endpoint (KubeRay names the head Service
+"<cluster>-head-svc"), or ray.address, or empty (tune runs in-process). */}}
+{{- define "mlops.rayAddress" -}}
+{{- if .Values.ray.enabled }}
+{{- printf "ray://%s-head-svc.%s.svc.%s:%v" (include "mlops.rayClusterName" .) .Release.Namespace .Values.clusterDomain .Values.ray.clientPort }}
+{{- else }}
+{{- .Values.ray.address }}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.runNamespace" -}}
+{{- default .Release.Namespace .Values.dagster.runLauncher.jobNamespace }}
+{{- end }}
+
+{{/* ------------------------------------------------------------ config map names */}}
+
+{{- define "mlops.appEnvConfigMap" -}}{{ include "mlops.fullname" . }}-app-env{{- end }}
+{{- define "mlops.dagsterEnvConfigMap" -}}{{ include "mlops.fullname" . }}-dagster-env{{- end }}
+{{- define "mlops.instanceConfigMap" -}}{{ include "mlops.fullname" . }}-dagster-instance{{- end }}
+{{- define "mlops.workspaceConfigMap" -}}{{ include "mlops.fullname" . }}-dagster-workspace{{- end }}
+{{- define "mlops.scriptsConfigMap" -}}{{ include "mlops.fullname" . }}-scripts{{- end }}
+{{- define "mlops.codeServerName" -}}{{ include "mlops.fullname" . }}-dagster-code{{- end }}
+
+{{/* Where the scripts ConfigMap is mounted, and the URL-composing launcher in it. */}}
+{{- define "mlops.scriptsDir" -}}/opt/mlops/scripts{{- end }}
+{{- define "mlops.withDbUrls" -}}{{ include "mlops.scriptsDir" . }}/with_db_urls.py{{- end }}
+
+{{/* -------------------------------------------------------------- secret env vars */}}
+
+{{- define "mlops.pgPasswordRef" -}}
+valueFrom:
+  secretKeyRef:
+    name: {{ .Values.postgresql.auth.existingSecret }}
+    key: {{ .Values.postgresql.auth.passwordKey }}
+{{- end }}
+
+{{/* DAGSTER_PG_PASSWORD (the rest of DAGSTER_PG_* is in the dagster-env ConfigMap). */}}
+{{- define "mlops.dagsterPgPasswordEnv" -}}
+- name: DAGSTER_PG_PASSWORD
+  {{- include "mlops.pgPasswordRef" . | nindent 2 }}
+{{- end }}
+
+{{/* Environment of the code server AND of every run pod, apart from the ConfigMaps: secrets
+(only by secretKeyRef), RAY_ADDRESS, DAGSTER_CURRENT_IMAGE and the user's extraEnv. */}}
+{{- define "mlops.codeEnv" -}}
+{{ include "mlops.dagsterPgPasswordEnv" . }}
+{{- if .Values.warehouse.existingUrlSecret }}
+- name: WAREHOUSE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.warehouse.existingUrlSecret }}
+      key: {{ .Values.warehouse.existingUrlSecretKey }}
+{{- else }}
+- name: WAREHOUSE_DB_PASSWORD
+  {{- include "mlops.pgPasswordRef" . | nindent 2 }}
+{{- end }}
+{{- if .Values.atmos.kmaServiceKey.existingSecret }}
+- name: KMA_SERVICE_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.atmos.kmaServiceKey.existingSecret }}
+      key: {{ .Values.atmos.kmaServiceKey.key }}
+{{- end }}
+{{- with include "mlops.rayAddress" . }}
+- name: RAY_ADDRESS
+  value: {{ . | quote }}
+{{- end }}
+- name: DAGSTER_CURRENT_IMAGE
+  value: {{ include "mlops.appImage" . | quote }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* ----------------------------------------------------------------- ingress */}}
+
+{{/* Call with (dict "root" $ "component" "x" "ingress" .Values.x.ingress "service" name "port" p). */}}
+{{- define "mlops.ingress" -}}
+{{- $ing := .ingress }}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  {{- include "mlops.metadata" (dict "root" .root "component" .component "name" .service) | nindent 2 }}
+  {{- with $ing.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- with $ing.className }}
+  ingressClassName: {{ . }}
+  {{- end }}
+  {{- if $ing.tlsSecretName }}
+  tls:
+    - hosts:
+        - {{ $ing.host | quote }}
+      secretName: {{ $ing.tlsSecretName }}
+  {{- end }}
+  rules:
+    - host: {{ required (printf "%s.ingress.host is required when the ingress is enabled" .component) $ing.host | quote }}
+      http:
+        paths:
+          - path: {{ $ing.path }}
+            pathType: Prefix
+            backend:
+              service:
+                name: {{ .service }}
+                port:
+                  number: {{ .port }}
+{{- end }}
+
+{{/* Checksum of a rendered template, for rolling pods when their configuration changes. */}}
+{{- define "mlops.checksum" -}}
+{{- include (print .root.Template.BasePath "/" .file) .root | sha256sum }}
+{{- end }}

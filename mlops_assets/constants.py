@@ -1,0 +1,8 @@
+"""Names shared across stages: asset groups and registered model names."""
+
+ATMOS_GROUP = "atmos"
+INSURANCE_GROUP = "insurance"
+
+ATMOS_MODEL_NAME = "atmos_temperature"
+INSURANCE_MODEL_NAME = "insurance_charges"
+CHAMPION_ALIAS = "champion"

@@ -1,0 +1,61 @@
+"""The one place that picks resource implementations for the environment.
+
+Values come from environment variables: secrets (and anything set) through `dg.EnvVar`, so
+they are read when a run starts, never at import time and never stored in the code location.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from mlops_assets.ingestion.sources import (
+    CsvObservationSource,
+    KmaAsosClient,
+    KmaObservationSource,
+    ObservationSource,
+    SampleObservationSource,
+)
+from mlops_assets.resources.warehouse import DEFAULT_WAREHOUSE_URL, WarehouseResource
+
+SOURCES = ("sample", "csv", "kma")
+
+
+def env_or_default(name: str, default: str) -> str | dg.EnvVar:
+    """`dg.EnvVar(name)` when the variable is set, else the embedded default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def atmos_source_kind() -> str:
+    kind = os.environ.get("ATMOS_SOURCE", "sample").strip().lower()
+    if kind not in SOURCES:
+        raise ValueError(f"ATMOS_SOURCE={kind!r} is not one of {', '.join(SOURCES)}")
+    return kind
+
+
+def build_observation_source(kind: str) -> ObservationSource:
+    if kind == "sample":
+        return SampleObservationSource(station_id=env_or_default("ATMOS_STATION", "JFK"))
+    if kind == "csv":
+        if not os.environ.get("ATMOS_CSV_PATH"):
+            raise ValueError("ATMOS_SOURCE=csv needs ATMOS_CSV_PATH (a CSV with at least 'time' and 'tmp')")
+        return CsvObservationSource(
+            path=dg.EnvVar("ATMOS_CSV_PATH"),
+            station_id=env_or_default("ATMOS_STATION", "csv"),
+            time_zone=env_or_default("ATMOS_TIMEZONE", "UTC"),
+        )
+    return KmaObservationSource(
+        service_key=dg.EnvVar("KMA_SERVICE_KEY"),
+        endpoint=env_or_default("KMA_ASOS_ENDPOINT", KmaAsosClient.DEFAULT_ENDPOINT),
+        station_id=env_or_default("ATMOS_STATION", "108"),
+    )
+
+
+def build_resources() -> dict[str, Any]:
+    """Resources for the current environment (called when definitions load)."""
+    return {
+        "source": build_observation_source(atmos_source_kind()),
+        "warehouse": WarehouseResource(url=env_or_default("WAREHOUSE_URL", DEFAULT_WAREHOUSE_URL)),
+    }

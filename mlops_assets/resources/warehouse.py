@@ -1,0 +1,149 @@
+"""The observations warehouse: SQLite by default, PostgreSQL in production.
+
+SQLAlchemy Core with bound parameters only (the old system formatted SQL strings). Each write
+is one transaction, so a failure mid-write leaves the previous rows intact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+from pydantic import Field, PrivateAttr
+
+from mlops_assets.ingestion.observations import COLUMNS, QC_COLUMNS, VARIABLES, conform
+
+DEFAULT_WAREHOUSE_URL = "sqlite:///.mlops/warehouse.db"
+
+metadata = sa.MetaData()
+
+
+def _observation_columns() -> list[sa.Column]:
+    return [
+        sa.Column("station", sa.String(32), primary_key=True),
+        sa.Column("time", sa.DateTime(timezone=True), primary_key=True),
+        *[sa.Column(name, sa.Float, nullable=True) for name in VARIABLES],
+        *[sa.Column(name, sa.SmallInteger, nullable=True) for name in QC_COLUMNS],
+    ]
+
+
+#: Raw hourly observations as the sources delivered them (one row per station and hour).
+atmos_observations = sa.Table("atmos_observations", metadata, *_observation_columns())
+
+#: The cleaned hourly grid; `interpolated` marks hours filled across a short gap.
+atmos_features = sa.Table(
+    "atmos_features",
+    metadata,
+    sa.Column("station", sa.String(32), primary_key=True),
+    sa.Column("time", sa.DateTime(timezone=True), primary_key=True),
+    *[sa.Column(name, sa.Float, nullable=True) for name in VARIABLES],
+    sa.Column("interpolated", sa.Boolean, nullable=False),
+)
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg2 for bare `postgresql://` URLs (SQLAlchemy 2.1 defaults to psycopg 3)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """Reads and writes the observation and feature tables."""
+
+    url: str = Field(default=DEFAULT_WAREHOUSE_URL, description="SQLAlchemy URL of the warehouse")
+    _engine: sa.Engine | None = PrivateAttr(default=None)
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            url = sa.make_url(normalize_url(self.url))
+            if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            self._engine = sa.create_engine(url, pool_pre_ping=True)
+            metadata.create_all(self._engine)
+        return self._engine
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as connection:
+            yield connection
+
+    def replace_observations(self, station: str, start: pd.Timestamp, end: pd.Timestamp, frame: pd.DataFrame) -> int:
+        """Atomically replace the station's rows in [start, end) with `frame`; return rows written."""
+        rows = _records(conform(frame))
+        outside = [r for r in rows if not (start <= r["time"] < end) or r["station"] != station]
+        if outside:
+            raise ValueError(f"{len(outside)} rows fall outside {station} [{start}, {end}), e.g. {outside[0]['time']}")
+        table = atmos_observations
+        with self._transaction() as connection:
+            connection.execute(
+                sa.delete(table).where(table.c.station == station, table.c.time >= start.to_pydatetime(), table.c.time < end.to_pydatetime())
+            )
+            if rows:
+                connection.execute(sa.insert(table), rows)
+        return len(rows)
+
+    def read_observations(self, station: str) -> pd.DataFrame:
+        """Every stored observation of the station, canonical frame, ordered by time."""
+        table = atmos_observations
+        query = sa.select(table).where(table.c.station == station).order_by(table.c.time)
+        with self.engine.connect() as connection:
+            frame = pd.DataFrame(connection.execute(query).mappings().all(), columns=COLUMNS)
+        frame["time"] = _as_utc(frame["time"])
+        return conform(frame)
+
+    def replace_features(self, station: str, frame: pd.DataFrame) -> int:
+        """Atomically replace the station's cleaned series."""
+        columns = ["station", "time", *VARIABLES, "interpolated"]
+        out = frame[columns].astype(object).where(frame[columns].notna(), None)
+        rows = out.to_dict(orient="records")
+        for row in rows:
+            row["time"] = row["time"].to_pydatetime()
+        table = atmos_features
+        with self._transaction() as connection:
+            connection.execute(sa.delete(table).where(table.c.station == station))
+            if rows:
+                connection.execute(sa.insert(table), rows)
+        return len(rows)
+
+    def read_features(self, station: str) -> pd.DataFrame:
+        """The cleaned hourly series of the station, ordered by time."""
+        table = atmos_features
+        query = sa.select(table).where(table.c.station == station).order_by(table.c.time)
+        with self.engine.connect() as connection:
+            frame = pd.DataFrame(connection.execute(query).mappings().all(), columns=[c.name for c in table.columns])
+        frame["time"] = _as_utc(frame["time"])
+        for name in VARIABLES:
+            frame[name] = pd.to_numeric(frame[name]).astype("float64")
+        frame["interpolated"] = frame["interpolated"].astype(bool)
+        return frame
+
+
+def _as_utc(values: pd.Series) -> pd.Series:
+    """SQLite returns naive datetimes (stored as UTC); PostgreSQL returns aware ones."""
+    times = pd.to_datetime(values)
+    if times.dt.tz is None:
+        return times.dt.tz_localize("UTC")
+    return times.dt.tz_convert("UTC")
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, object]]:
+    """Rows as plain Python values (None for missing) that every DB driver accepts."""
+    out = frame.astype(object).where(frame.notna(), None)
+    rows = out.to_dict(orient="records")
+    for row in rows:
+        row["time"] = row["time"].to_pydatetime()
+        for name in QC_COLUMNS:
+            if row[name] is not None:
+                row[name] = int(row[name])
+    return rows

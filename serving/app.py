@@ -1,0 +1,283 @@
+"""The prediction service as an ASGI app: `create_app(settings)` builds everything, per process.
+
+Routes: `PUT|POST /predict/<model>` for each configured model module, `GET /health`, `GET /ready`,
+`GET /metrics`, and the OpenAPI schema with interactive docs under `/schema`
+(`/schema/openapi.json`, Swagger UI at `/schema` and `/schema/swagger`).
+
+Any ASGI server can run it as a factory, e.g. `granian --interface asgi --factory
+serving.app:create_app` or `uvicorn --factory serving.app:create_app`; `serving.server.run` is the
+tuned two-worker entry point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, route
+from litestar.connection import ASGIConnection
+from litestar.enums import HttpMethod, MediaType
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.datastructures import State
+from litestar.openapi.spec import Components, Example, OpenAPIMediaType, Operation, RequestBody, SecurityScheme
+
+from serving.cache import MlflowResolver, ModelCache, ModelSlot
+from serving.errors import EXCEPTION_HANDLERS, ErrorBody, InvalidInput, MalformedBody, Unauthorized
+from serving.metrics import MetricsMiddleware, ServingMetrics
+from serving.models import ModelModule, get_module
+from serving.settings import ServingSettings
+
+#: Bounded so a slow or down HTTP registry cannot stall a poll for minutes (MLflow's default
+#: retries back off for ~2 min); the poller retries every SERVING_POLL_SECONDS anyway.
+_MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_BEARER = "BearerToken"
+_AT_PATH = re.compile(r"^(?P<msg>.*) - at `(?P<path>[^`]*)`$", re.DOTALL)
+_MISSING_FIELD = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class ModelStatus(msgspec.Struct):
+    version: str | None
+    alias: str
+    loaded_at: float | None
+    registry_error: str | None
+    load_error: str | None
+    alias_missing: bool
+
+
+class Readiness(msgspec.Struct):
+    ready: bool
+    #: Why not ready; empty when ready.
+    reasons: list[str]
+    models: dict[str, ModelStatus]
+
+
+def create_app(settings: ServingSettings | None = None) -> Litestar:
+    """Build the service; reads the environment (once) only when `settings` is None."""
+    settings = ServingSettings.from_env() if settings is None else settings
+    for key, value in _MLFLOW_CLIENT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    modules = [get_module(name) for name in settings.models]
+    metrics = ServingMetrics()
+    resolver = MlflowResolver(settings.mlflow_tracking_uri)
+    cache = ModelCache(
+        {m.name: ModelSlot(m, settings.alias, resolver, metrics) for m in modules}, settings.poll_seconds
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        if settings.mlflow_tracking_uri is not None:
+            # Loading (`mlflow.sklearn.load_model`) reads the process-wide URI, not our client's.
+            import mlflow
+
+            mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        async with cache.running():
+            yield
+
+    components = Components(schemas={})
+    predict_handlers = [_predict_handler(m, cache.slots[m.name], settings, components) for m in modules]
+    if settings.api_token is not None:
+        components.security_schemes = {
+            _BEARER: SecurityScheme(type="http", scheme="bearer", description="SERVING_API_TOKEN")
+        }
+    app = Litestar(
+        route_handlers=[*predict_handlers, *_operational_handlers(cache, metrics)],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="mlops-assets prediction service",
+            version="1.0.0",
+            description="Forecasts from the MLflow registry's champion versions, served from memory.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path=["/", "/swagger"]), JsonRenderPlugin()],
+            components=components,
+        ),
+        state=State({"settings": settings, "cache": cache, "metrics": metrics}),
+    )
+    app.asgi_handler = MetricsMiddleware(app.asgi_handler, metrics)
+    return app
+
+
+def _predict_handler(
+    module: ModelModule[Any, Any, Any, Any], slot: ModelSlot, settings: ServingSettings, components: Components
+) -> HTTPRouteHandler:
+    decoder = msgspec.json.Decoder(module.request_type)
+    encode = msgspec.json.Encoder().encode
+    build_input, predict, shape_response = module.build_input, module.predict, module.shape_response
+
+    async def handler(request: Request[Any, Any, Any]) -> Response[Any]:
+        body = await request.body()  # Litestar answers 413 past request_max_body_size
+        payload = _decode(decoder, body)
+        loaded = await slot.get()  # one read: this request finishes on this version
+        artifact = loaded.artifact
+        answer = shape_response(predict(artifact, build_input(artifact, payload)), loaded.ref)
+        return Response(encode(answer), media_type=MediaType.JSON)
+
+    # Annotations drive Litestar's docs; the body is decoded by hand (strict msgspec, our errors).
+    handler.__annotations__ = {"request": Request, "return": Response[module.response_type]}  # type: ignore[name-defined]
+    handler.__name__ = handler.__qualname__ = f"predict_{module.name}"
+
+    (schema,), defs = msgspec.json.schema_components(
+        [module.request_type], ref_template="#/components/schemas/{name}"
+    )
+    components.schemas.update(defs)  # plain JSON-schema dicts: Litestar serialises them as they are
+    request_body = RequestBody(
+        required=True,
+        description=f"JSON, at most {settings.max_body_bytes} bytes.",
+        content={
+            "application/json": OpenAPIMediaType(
+                schema=schema,  # type: ignore[arg-type]
+                examples={k: Example(value=v) for k, v in module.examples.items()} or None,
+            )
+        },
+    )
+    operation_class = type(f"Predict{module.name.title()}Operation", (_PredictOperation,), {"body": request_body})
+    errors = {
+        400: ResponseSpec(ErrorBody, description="Body is not JSON (malformed, truncated, empty)."),
+        413: ResponseSpec(ErrorBody, description=f"Body larger than {settings.max_body_bytes} bytes."),
+        422: ResponseSpec(
+            ErrorBody,
+            description="JSON that is not a valid request: wrong length, not a number, NaN/Infinity, "
+            "missing field, or inputs the champion needs (`last_observed_at`, covariates).",
+        ),
+        503: ResponseSpec(ErrorBody, description="No version of the model is loaded yet; the body says why."),
+    }
+    guards = []
+    security = None
+    if settings.api_token is not None:
+        guards.append(_bearer_guard(settings.api_token))
+        errors[401] = ResponseSpec(ErrorBody, description="Missing or wrong `Authorization: Bearer <token>`.")
+        security = [{_BEARER: []}]
+    return route(
+        f"/predict/{module.name}",
+        http_method=[HttpMethod.PUT, HttpMethod.POST],
+        guards=guards,
+        security=security,
+        operation_class=operation_class,
+        responses=errors,
+        description=module.description,
+        summary=f"Predict with the {settings.alias} of {module.name}",
+        tags=["predict"],
+    )(handler)
+
+
+class _PredictOperation(Operation):
+    """Operation whose request body is the module's msgspec schema (the handler reads raw bytes)."""
+
+    body: Any = None
+
+    def __post_init__(self) -> None:
+        self.request_body = type(self).body
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message, field = _split_path(str(exc))
+        raise InvalidInput(message, field) from None
+    except msgspec.DecodeError as exc:
+        raise _undecodable(body, exc) from None
+
+
+def _split_path(message: str) -> tuple[str, str]:
+    """msgspec's "Expected `float` - at `$[3]`" -> ("Expected `float`", "$[3]")."""
+    field = "$"
+    if (at := _AT_PATH.match(message)) is not None:
+        message, field = at["msg"], at["path"]
+    if (missing := _MISSING_FIELD.match(message)) is not None:
+        field = f"{field}.{missing['field']}"
+    return message, field
+
+
+def _undecodable(body: bytes, exc: msgspec.DecodeError) -> Exception:
+    """Tell NaN/Infinity (JSON has neither; Python's json writes them) from broken JSON."""
+    if not body.strip():
+        return MalformedBody("the request body is empty: send JSON")
+    try:
+        lenient = json.loads(body)
+    except (ValueError, RecursionError):
+        return MalformedBody(f"the request body is not valid JSON: {exc}")
+    path = _first_non_finite(lenient, "$")
+    if path is not None:
+        return InvalidInput("NaN and Infinity are not JSON numbers: send finite numbers", path)
+    return MalformedBody(f"the request body is not valid JSON: {exc}")
+
+
+def _first_non_finite(value: Any, path: str) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := _first_non_finite(item, f"{path}[{i}]")) is not None:
+                return found
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if (found := _first_non_finite(item, f"{path}.{key}")) is not None:
+                return found
+    return None
+
+
+def _bearer_guard(token: str) -> Any:
+    # Compare digests: constant time, and equal length whatever the caller sends.
+    expected = hashlib.sha256(token.encode()).digest()
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        header = connection.headers.get("authorization")
+        if header is None:
+            raise Unauthorized("this endpoint needs the header `Authorization: Bearer <token>`")
+        scheme, _, given = header.partition(" ")
+        digest = hashlib.sha256(given.strip().encode("utf-8", "surrogateescape")).digest()
+        if not (hmac.compare_digest(digest, expected) and scheme.lower() == "bearer"):
+            raise Unauthorized("invalid bearer token")
+
+    return guard
+
+
+def _operational_handlers(cache: ModelCache, metrics: ServingMetrics) -> list[HTTPRouteHandler]:
+    @get("/health", tags=["operations"], summary="The process is alive")
+    async def health() -> Health:
+        return Health(status="ok")
+
+    @get(
+        "/ready",
+        tags=["operations"],
+        summary="A version is loaded for every configured model",
+        responses={503: ResponseSpec(Readiness, description="Not ready; `reasons` says why.")},
+    )
+    async def ready() -> Response[Readiness]:
+        reasons = [slot.unavailable_reason() for slot in cache.slots.values() if slot.current is None]
+        if (poller := cache.poller_error()) is not None:
+            reasons.append(poller)
+        body = Readiness(
+            ready=not reasons,
+            reasons=reasons,
+            models={name: ModelStatus(**slot.status()) for name, slot in cache.slots.items()},
+        )
+        return Response(body, status_code=503 if reasons else 200)
+
+    @get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        media_type="text/plain; version=0.0.4; charset=utf-8",
+    )
+    async def metrics_endpoint() -> bytes:
+        return metrics.render()
+
+    return [health, ready, metrics_endpoint]

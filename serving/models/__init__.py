@@ -1,0 +1,75 @@
+"""What the generic service needs from one served model family, and where each one lives.
+
+A served model is one small module in this package exposing `MODEL: ModelModule`: the registered
+model name (also the route `/predict/<name>`), the request and response types, how to load a
+registry version into an in-memory artifact, how to turn a decoded request into the estimator's
+input, and how to shape the estimator's output into the response. The cache, poller, routes,
+metrics and OpenAPI schema are generic over these modules.
+
+To add a model: write `serving/models/<name>.py` with `MODEL = ModelModule(...)`, list it in
+`MODULES` below, and add `<name>` to `SERVING_MODELS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+ArtifactT = TypeVar("ArtifactT")
+BodyT = TypeVar("BodyT")
+InputT = TypeVar("InputT")
+OutputT = TypeVar("OutputT")
+
+#: Served model name -> module defining `MODEL`; imported only when the model is configured.
+MODULES: dict[str, str] = {
+    "atmos_temperature": "serving.models.atmos_temperature",
+}
+
+
+class ModelRef(msgspec.Struct, frozen=True):
+    """Which registry version answered: part of every prediction response."""
+
+    name: str
+    version: str
+    alias: str
+
+
+@dataclass(frozen=True)
+class ModelModule(Generic[ArtifactT, BodyT, InputT, OutputT]):
+    """One served model family; the functions are pure, so one loaded artifact serves all requests."""
+
+    #: Registered model name in MLflow; the route is `/predict/<name>`.
+    name: str
+    #: Type the JSON body is strictly decoded into by msgspec (its JSON schema documents the route).
+    request_type: Any
+    #: msgspec Struct returned on success (documents the 200 response).
+    response_type: type[msgspec.Struct]
+    #: Model URI (`models:/<name>/<version>`) -> in-memory artifact. Runs in a worker thread,
+    #: may talk to MLflow; raises when the version is not usable (it is then not swapped in).
+    load: Callable[[str], ArtifactT]
+    #: Decoded request -> estimator input. Raises `InvalidInput` for what the type cannot express
+    #: (e.g. covariates the loaded version needs). Must not talk to MLflow.
+    build_input: Callable[[ArtifactT, BodyT], InputT]
+    predict: Callable[[ArtifactT, InputT], OutputT]
+    #: Estimator output + which version answered -> response body. Raises `InvalidInput` when the
+    #: output cannot be answered (e.g. not finite).
+    shape_response: Callable[[OutputT, ModelRef], msgspec.Struct]
+    #: Markdown for the OpenAPI operation.
+    description: str = ""
+    #: Name -> example request body, shown in the interactive docs.
+    examples: dict[str, Any] = field(default_factory=dict)
+
+
+def get_module(name: str) -> ModelModule[Any, Any, Any, Any]:
+    """The `MODEL` of the module serving `name`; unknown names raise with the known ones listed."""
+    if name not in MODULES:
+        raise ValueError(f"no serving module for model {name!r}; known models: {sorted(MODULES)}")
+    module = importlib.import_module(MODULES[name])
+    model: ModelModule[Any, Any, Any, Any] = module.MODEL
+    if model.name != name:
+        raise ValueError(f"{MODULES[name]}.MODEL is named {model.name!r}, expected {name!r}")
+    return model

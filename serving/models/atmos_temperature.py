@@ -1,0 +1,166 @@
+"""`atmos_temperature`: the next 24 hourly temperatures from the last 72 (the forecaster contract).
+
+The input row is built by `mlops_assets.ml.forecast_features.feature_row`, the same code training
+uses, from the request and the loaded version's `FeatureSpec`; the estimator is called directly on
+that NumPy row (no pyfunc, no pandas: see bench/README.md for why).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+
+from mlops_assets.ml.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec, feature_row
+from mlops_assets.ml.model_io import load_forecaster
+from serving.errors import InvalidInput
+from serving.models import ModelModule, ModelRef
+
+NAME = "atmos_temperature"
+
+TimeSeries = Annotated[
+    list[float],
+    msgspec.Meta(
+        min_length=INPUT_HOURS,
+        max_length=INPUT_HOURS,
+        description=f"The last {INPUT_HOURS} hourly temperatures (°C), oldest first.",
+    ),
+]
+
+
+class AtmosTemperatureRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Object form of the request, needed when the champion uses calendar terms or covariates."""
+
+    time_series: TimeSeries
+    last_observed_at: (
+        Annotated[
+            dt.datetime,
+            msgspec.Meta(tz=True, description="Time of the last observed hour, ISO-8601 with a UTC offset."),
+        ]
+        | None
+    ) = None
+    covariates: (
+        Annotated[
+            dict[str, list[float]],
+            msgspec.Meta(
+                description="Other hourly variables by name (e.g. `rh`), the last 24 hours each, oldest first. "
+                "Names the champion does not use are ignored."
+            ),
+        ]
+        | None
+    ) = None
+
+
+#: The body: either the bare list of 72 temperatures or the object form.
+RequestBody = TimeSeries | AtmosTemperatureRequest
+
+
+class AtmosTemperatureResponse(msgspec.Struct):
+    result: Annotated[
+        list[float],
+        msgspec.Meta(
+            min_length=HORIZON_HOURS,
+            max_length=HORIZON_HOURS,
+            description=f"Forecast temperatures (°C) for the next {HORIZON_HOURS} hours, nearest first.",
+        ),
+    ]
+    model: ModelRef
+
+
+@dataclass(frozen=True)
+class Forecaster:
+    """A loaded version: the raw estimator and the inputs it was trained on."""
+
+    estimator: Any
+    spec: FeatureSpec
+
+
+def load(model_uri: str) -> Forecaster:
+    """Load through the project contract, then prove the estimator answers the contract's shape."""
+    estimator, spec = load_forecaster(model_uri)
+    expected = getattr(estimator, "n_features_in_", spec.n_features)
+    if expected != spec.n_features:
+        raise ValueError(f"{model_uri}: estimator takes {expected} features but its feature spec makes {spec.n_features}")
+    probe = np.asarray(estimator.predict(np.zeros((1, spec.n_features))))
+    if probe.shape != (1, HORIZON_HOURS):
+        raise ValueError(f"{model_uri}: estimator answers shape {probe.shape}, the contract is (1, {HORIZON_HOURS})")
+    return Forecaster(estimator=estimator, spec=spec)
+
+
+def build_input(forecaster: Forecaster, body: list[float] | AtmosTemperatureRequest) -> np.ndarray:
+    """The (1, n_features) row; msgspec already guaranteed 72 finite numbers (JSON has no NaN)."""
+    spec = forecaster.spec
+    if isinstance(body, list):
+        if spec.needs_time or spec.covariates:
+            raise InvalidInput(_needs_message(spec, missing_time=spec.needs_time, missing=list(spec.covariates)), "$")
+        return feature_row(spec, body)
+    missing_time = spec.needs_time and body.last_observed_at is None
+    given = body.covariates or {}
+    missing = [name for name in spec.covariates if name not in given]
+    if missing_time or missing:
+        field = "$.last_observed_at" if missing_time else f"$.covariates.{missing[0]}"
+        raise InvalidInput(_needs_message(spec, missing_time=missing_time, missing=missing), field)
+    used = {name: given[name] for name in spec.covariates}
+    for name, values in used.items():
+        if len(values) != spec.covariate_hours:
+            raise InvalidInput(
+                f"covariate {name!r} must have {spec.covariate_hours} values (one per hour, oldest first), got {len(values)}",
+                f"$.covariates.{name}",
+            )
+    return feature_row(spec, body.time_series, body.last_observed_at if spec.needs_time else None, used or None)
+
+
+def predict(forecaster: Forecaster, row: np.ndarray) -> np.ndarray:
+    return np.asarray(forecaster.estimator.predict(row))
+
+
+def shape_response(output: np.ndarray, model: ModelRef) -> AtmosTemperatureResponse:
+    values = output[0]
+    if not np.isfinite(values).all():
+        # Finite but absurd inputs (1e308) can overflow a linear model: refuse rather than send null.
+        raise InvalidInput("the inputs are outside the range this model can forecast from: the forecast is not finite")
+    return AtmosTemperatureResponse(result=values.tolist(), model=model)
+
+
+def _needs_message(spec: FeatureSpec, *, missing_time: bool, missing: list[str]) -> str:
+    needs = []
+    if missing_time:
+        needs.append("`last_observed_at` (ISO-8601 with a UTC offset)")
+    if missing:
+        needs.append(f"`covariates` {missing} ({spec.covariate_hours} hourly values each)")
+    return (
+        "the champion version needs " + " and ".join(needs) + ": send the object form "
+        '{"time_series": [72 numbers], "last_observed_at": ..., "covariates": {...}}'
+    )
+
+
+def _example_series() -> list[float]:
+    return [round(10.0 + 6.0 * math.sin(2 * math.pi * (h - 9) / 24), 2) for h in range(INPUT_HOURS)]
+
+
+MODEL: ModelModule[Forecaster, Any, np.ndarray, np.ndarray] = ModelModule(
+    name=NAME,
+    request_type=RequestBody,
+    response_type=AtmosTemperatureResponse,
+    load=load,
+    build_input=build_input,
+    predict=predict,
+    shape_response=shape_response,
+    description=(
+        f"Forecast the next {HORIZON_HOURS} hourly temperatures from the last {INPUT_HOURS}. "
+        "Send a bare JSON list of 72 numbers, or the object form when the champion also uses the time "
+        "of the last observation (`last_observed_at`) or covariates: the error then names what is missing."
+    ),
+    examples={
+        "list": _example_series(),
+        "object": {
+            "time_series": _example_series(),
+            "last_observed_at": "2013-06-01T23:00:00+00:00",
+            "covariates": {"rh": [60.0] * HORIZON_HOURS},
+        },
+    },
+)

@@ -1,0 +1,84 @@
+"""Prediction-service configuration, read from the environment once, in `create_app`.
+
+Nothing here runs at import time: tests build `ServingSettings(...)` directly, servers call
+`ServingSettings.from_env()` in each worker through `create_app()`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_MODELS: tuple[str, ...] = ("atmos_temperature",)
+MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Everything the service needs to know, validated on construction."""
+
+    #: MLflow tracking (and registry) URI; None leaves MLflow's own default (`./mlruns`).
+    mlflow_tracking_uri: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Seconds between two registry polls for a moved alias.
+    poll_seconds: float = 10.0
+    #: When set, predictions need `Authorization: Bearer <token>`.
+    api_token: str | None = None
+    #: Registered-model names to serve; each must have a module in `serving.models`.
+    models: tuple[str, ...] = field(default=DEFAULT_MODELS)
+    #: The registry alias that names the version to serve.
+    alias: str = "champion"
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("ServingSettings.models is empty: configure at least one model to serve")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"ServingSettings.models lists a model twice: {self.models}")
+        if not (math.isfinite(self.poll_seconds) and self.poll_seconds > 0):
+            raise ValueError(f"poll_seconds must be a positive number of seconds, got {self.poll_seconds}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if not self.alias:
+            raise ValueError("alias must not be empty")
+        if self.max_body_bytes <= 0:
+            raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
+        """Settings from `MLFLOW_TRACKING_URI` and the `SERVING_*` variables; bad values raise."""
+        env = os.environ if environ is None else environ
+        models = env.get("SERVING_MODELS")
+        return cls(
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+            host=env.get("SERVING_HOST") or cls.host,
+            port=_int(env, "SERVING_PORT", cls.port),
+            poll_seconds=_float(env, "SERVING_POLL_SECONDS", cls.poll_seconds),
+            # An empty token (an optional Kubernetes secret left blank) means auth off, not "".
+            api_token=env.get("SERVING_API_TOKEN") or None,
+            models=DEFAULT_MODELS if not models else tuple(m.strip() for m in models.split(",") if m.strip()),
+            alias=env.get("SERVING_MODEL_ALIAS") or cls.alias,
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
