@@ -86,16 +86,17 @@ def clean_observations(raw: pd.DataFrame, max_gap_hours: int = MAX_FILLED_GAP_HO
     frame = frame.reindex(grid)
 
     any_filled = np.zeros(len(grid), dtype=bool)
+    for name in VARIABLES:
+        if name == "wd":
+            continue
+        frame[name], filled = _fill_short_runs(frame[name], max_gap_hours)
+        any_filled |= filled
     # Wind direction is circular: interpolate its unit vector, not the degrees (350 -> 10 is 0, not 180).
     radians = np.deg2rad(frame["wd"])
-    east, _ = _fill_short_runs(np.sin(radians), max_gap_hours)
+    east, filled = _fill_short_runs(np.sin(radians), max_gap_hours)
     north, _ = _fill_short_runs(np.cos(radians), max_gap_hours)
-    for name in VARIABLES:
-        filled_values, filled = _fill_short_runs(frame[name], max_gap_hours)
-        frame[name] = filled_values
-        any_filled |= filled
-    wd_filled = frame["wd"].isna() & east.notna()
-    frame.loc[wd_filled, "wd"] = (np.rad2deg(np.arctan2(east[wd_filled], north[wd_filled])) + 360.0) % 360.0
+    frame.loc[filled, "wd"] = (np.rad2deg(np.arctan2(east[filled], north[filled])) + 360.0) % 360.0
+    any_filled |= filled
 
     tmp_missing = frame["tmp"].isna().to_numpy()
     cleaned = frame[list(VARIABLES)].reset_index()

@@ -166,7 +166,7 @@ def read_observations_csv(path: Path, station: str, timezone: str) -> pd.DataFra
         if name not in raw.columns:
             continue
         text = raw[name].str.strip()
-        values = pd.to_numeric(text.replace("", np.nan), errors="coerce")
+        values = pd.to_numeric(text.mask(text.eq("")), errors="coerce")
         bad = values.isna() & text.ne("")
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])

@@ -1,0 +1,72 @@
+"""Shared fixtures: real SQLite and PostgreSQL warehouses, a real MLflow store, quiet telemetry."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# An unreachable tracking server must fail fast in tests, not after minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+#: The machine's PostgreSQL (trust auth); .ci/run starts it when it is down.
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every test starts from the embedded defaults in its own folder, whatever the shell exported."""
+    for name in (
+        "ATMOS_SOURCE", "ATMOS_STATION", "ATMOS_CSV_PATH", "ATMOS_TIMEZONE", "KMA_SERVICE_KEY", "KMA_ASOS_ENDPOINT",
+        "WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "DAGSTER_HOME", "INSURANCE_CSV_PATH",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the real PostgreSQL for this test session, dropped afterwards."""
+    name = f"mlops_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as error:
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable (start it: see README): {error}")
+    url = sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The warehouse on SQLite and on the real PostgreSQL (tables emptied between tests)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'warehouse.db'}"
+        return
+    url = request.getfixturevalue("postgres_database")
+    yield url
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        for table in ("atmos_observations", "atmos_features"):
+            connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    engine.dispose()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path) -> str:
+    """A real MLflow SQLite store in the test's folder (artifacts beside it)."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
