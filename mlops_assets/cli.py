@@ -35,6 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="*",
         help="Dagster asset selection, e.g. 'raw_atmos_observations+', 'group:insurance' (default: everything)",
     )
+
+    champion = commands.add_parser("champion", help="show the champion, or roll the alias back")
+    champion.add_argument("--model", default="atmos_temperature", help="registered model name")
+    champion.add_argument("--rollback", metavar="VERSION", help="move the champion alias to this version")
+    champion.add_argument("--reason", default="manual rollback", help="why (recorded on the version)")
+
+    serve = commands.add_parser("serve", help="start the prediction service")
+    serve.add_argument("--host", default=os.environ.get("SERVING_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("SERVING_PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (2 uses both cores here)")
     return parser
 
 
@@ -42,6 +52,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "materialize":
         return materialize(args.select, args.start, args.end)
+    if args.command == "champion":
+        from mlops_assets.promotion.champion_cli import rollback, show_champion
+
+        if args.rollback:
+            return rollback(args.model, args.rollback, args.reason)
+        return show_champion(args.model)
+    if args.command == "serve":
+        from serving.server import run
+
+        run(host=args.host, port=args.port, workers=args.workers)
+        return 0
     raise AssertionError(f"unhandled command {args.command}")
 
 

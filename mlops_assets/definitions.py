@@ -6,7 +6,17 @@ from mlops_assets.features.assets import atmos_features
 from mlops_assets.features.checks import atmos_features_checks
 from mlops_assets.ingestion.assets import raw_atmos_observations
 from mlops_assets.ingestion.schedules import atmos_ingestion_job, build_ingestion_schedule
+from mlops_assets.insurance.assets import (
+    insurance_champion_model,
+    insurance_policies,
+    insurance_tuned_model,
+    insurance_tuned_model_beats_baseline,
+)
+from mlops_assets.promotion.assets import atmos_champion_model
+from mlops_assets.promotion.checks import atmos_champion_serves, atmos_tuned_model_beats_baselines
 from mlops_assets.resources import atmos_source_kind, build_resources
+from mlops_assets.training.assets import atmos_training_windows, atmos_tuned_model
+from mlops_assets.training.schedules import atmos_training_job, atmos_weekly_retraining_schedule
 
 
 @dg.definitions
@@ -14,9 +24,23 @@ def defs() -> dg.Definitions:
     """Loaded lazily by Dagster's tools, so environment variables are read at load, not import."""
     source_kind = atmos_source_kind()
     return dg.Definitions(
-        assets=[raw_atmos_observations, atmos_features],
-        asset_checks=[atmos_features_checks],
-        jobs=[atmos_ingestion_job],
-        schedules=[build_ingestion_schedule(running=source_kind == "kma")],
+        assets=[
+            raw_atmos_observations,
+            atmos_features,
+            atmos_training_windows,
+            atmos_tuned_model,
+            atmos_champion_model,
+            insurance_policies,
+            insurance_tuned_model,
+            insurance_champion_model,
+        ],
+        asset_checks=[
+            atmos_features_checks,
+            atmos_tuned_model_beats_baselines,
+            atmos_champion_serves,
+            insurance_tuned_model_beats_baseline,
+        ],
+        jobs=[atmos_ingestion_job, atmos_training_job],
+        schedules=[build_ingestion_schedule(running=source_kind == "kma"), atmos_weekly_retraining_schedule],
         resources=build_resources(),
     )

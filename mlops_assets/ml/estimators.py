@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
+from sklearn.decomposition import PCA
 
 #: Types skops may load besides scikit-learn/numpy builtins (MLflow saves sklearn models with skops).
 SKOPS_TRUSTED_TYPES: list[str] = [
     "mlops_assets.ml.estimators.LastValueDelta",
+    "mlops_assets.ml.estimators.LastValue",
+    "mlops_assets.ml.estimators.RegimeInteractions",
+    "mlops_assets.ml.estimators.TreeFeatures",
+    "mlops_assets.ml.estimators.ResidualBoost",
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn._loss.loss.HalfSquaredError",
@@ -48,3 +53,174 @@ class LastValueDelta(RegressorMixin, BaseEstimator):
         out = X.copy()
         out[:, : self.last_column + 1] -= X[:, [self.last_column]]
         return out
+
+
+# --- Building blocks of the model families in `forecasters.py` -------------------------------------
+#
+# All of them read the column layout of `forecast_features.feature_matrix`: 72 temperatures (oldest
+# first), then 4 calendar columns (sin/cos hour of day, sin/cos day of year) when the spec has
+# `calendar`, then `covariate_hours` columns per covariate, oldest first.
+
+_INPUT_HOURS = 72
+
+
+class LastValue(RegressorMixin, BaseEstimator):
+    """Persistence as an estimator: every lead hour equals the last input temperature.
+
+    The base of `ResidualBoost` for a pure "change from the last value" model.
+    """
+
+    def __init__(self, last_column: int = _INPUT_HOURS - 1, n_outputs: int = 24) -> None:
+        self.last_column = last_column
+        self.n_outputs = n_outputs
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> LastValue:
+        self.n_outputs_ = self.n_outputs if y is None else np.asarray(y).reshape(len(y), -1).shape[1]
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype="float64")
+        return np.repeat(X[:, [self.last_column]], self.n_outputs_, axis=1)
+
+
+class RegimeInteractions(TransformerMixin, BaseEstimator):
+    """Append the columns from `first_column` on, multiplied by a standardised "regime" variable.
+
+    The regime is the mean of the last `window` input temperatures (cold vs warm weather). A linear
+    model on the output has coefficients that vary linearly with it: how humidity, wind, rain and
+    dew point move tomorrow's temperature is not the same in a cold and in a warm air mass. The
+    regime is measured, not read from the calendar, so it does not extrapolate when the validation
+    season was never seen in training. With `first_column >= n_features` nothing is appended.
+    """
+
+    def __init__(self, first_column: int = _INPUT_HOURS + 4, window: int = _INPUT_HOURS) -> None:
+        self.first_column = first_column
+        self.window = window
+
+    def _regime(self, X: np.ndarray) -> np.ndarray:
+        return X[:, _INPUT_HOURS - self.window : _INPUT_HOURS].mean(axis=1, keepdims=True)
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> RegimeInteractions:
+        X = np.asarray(X, dtype="float64")
+        regime = self._regime(X)
+        self.center_ = float(regime.mean())
+        self.scale_ = float(regime.std()) or 1.0
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype="float64")
+        z = (self._regime(X) - self.center_) / self.scale_
+        return np.hstack([X, X[:, self.first_column :] * z])
+
+
+class TreeFeatures(TransformerMixin, BaseEstimator):
+    """The compact inputs of the tree models: a subset of `feature_matrix` columns, made relative.
+
+    Trees split on thresholds, so they cannot use a raw temperature history the way a linear model
+    does; they get: temperatures relative to the last one (the last `lags` hours, plus 24, 48 and 71
+    hours back), the last temperature itself if `level`, hour of day, and the last
+    `covariate_hours` hours of each covariate, the dew point relative to the last temperature (the
+    dew-point depression). Day of year is left out unless `day_of_year`: trained on January to
+    September, a tree has no leaf for October and puts it in September.
+    """
+
+    def __init__(
+        self,
+        calendar: bool = True,
+        covariates: tuple[str, ...] = (),
+        covariate_hours: int = 24,
+        lags: int = 24,
+        covariate_lags: int = 6,
+        level: bool = True,
+        day_of_year: bool = False,
+    ) -> None:
+        self.calendar = calendar
+        self.covariates = covariates
+        self.covariate_hours = covariate_hours
+        self.lags = lags
+        self.covariate_lags = covariate_lags
+        self.level = level
+        self.day_of_year = day_of_year
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> TreeFeatures:
+        expected = _INPUT_HOURS + (4 if self.calendar else 0) + len(self.covariates) * self.covariate_hours
+        if np.shape(X)[1] != expected:
+            raise ValueError(f"TreeFeatures expects {expected} columns, got {np.shape(X)[1]}")
+        self.n_features_in_ = expected
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype="float64")
+        last = X[:, [_INPUT_HOURS - 1]]
+        lags = min(max(int(self.lags), 1), _INPUT_HOURS)
+        parts = [X[:, _INPUT_HOURS - lags : _INPUT_HOURS - 1] - last, X[:, [_INPUT_HOURS - 25, _INPUT_HOURS - 49, 0]] - last]
+        if self.level:
+            parts.insert(0, last)
+        start = _INPUT_HOURS
+        if self.calendar:
+            parts.append(X[:, start : start + (4 if self.day_of_year else 2)])
+            start += 4
+        keep = min(max(int(self.covariate_lags), 1), int(self.covariate_hours))
+        for name in self.covariates:
+            block = X[:, start + self.covariate_hours - keep : start + self.covariate_hours]
+            parts.append(block - last if name == "td" else block)
+            start += self.covariate_hours
+        return np.hstack(parts)
+
+
+class ResidualBoost(RegressorMixin, BaseEstimator):
+    """`base` (multi-output) plus a boosted correction of its residuals.
+
+    The 24 residuals of a window are strongly correlated (an error at lead hour 5 persists at 6),
+    so they are compressed to their first `n_components` principal components and one
+    single-output `booster` (e.g. a `HistGradientBoostingRegressor`) is fitted per component on
+    `features(X)`: 6 small models instead of 24. With base `LastValue` this is a boosted model of
+    the change from the last value; with a ridge base, the booster adds what is not linear.
+    """
+
+    def __init__(
+        self, base: BaseEstimator, booster: BaseEstimator, features: BaseEstimator | None = None, n_components: int = 6
+    ) -> None:
+        self.base = base
+        self.booster = booster
+        self.features = features
+        self.n_components = n_components
+
+    def _prepare(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fit base, features and PCA; return the booster inputs and the component targets."""
+        X = np.asarray(X, dtype="float64")
+        y = np.asarray(y, dtype="float64")
+        self.base_ = clone(self.base).fit(X, y)
+        residuals = y - self.base_.predict(X)
+        self.features_ = None if self.features is None else clone(self.features).fit(X, y)
+        inputs = X if self.features_ is None else self.features_.transform(X)
+        k = int(min(self.n_components, residuals.shape[1], len(X)))
+        self.pca_ = PCA(n_components=k).fit(residuals)
+        return inputs, self.pca_.transform(residuals)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> ResidualBoost:
+        inputs, components = self._prepare(X, y)
+        self.boosters_ = [clone(self.booster).fit(inputs, components[:, j]) for j in range(components.shape[1])]
+        return self
+
+    def iter_fit(self, X: np.ndarray, y: np.ndarray, stages: list[int]):
+        """Fit in stages of boosting iterations (warm start); yields each stage once reached.
+
+        After the last stage the model equals `fit` with `max_iter=stages[-1]`.
+        """
+        inputs, components = self._prepare(X, y)
+        self.boosters_ = [clone(self.booster).set_params(warm_start=True) for _ in range(components.shape[1])]
+        for stage in stages:
+            for j, booster in enumerate(self.boosters_):
+                booster.set_params(max_iter=int(stage)).fit(inputs, components[:, j])
+            yield int(stage)
+        for booster in self.boosters_:
+            booster.set_params(warm_start=False)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype="float64")
+        inputs = X if self.features_ is None else self.features_.transform(X)
+        correction = np.column_stack([b.predict(inputs) for b in self.boosters_])
+        return np.asarray(self.base_.predict(X)).reshape(len(X), -1) + self.pca_.inverse_transform(correction)
+

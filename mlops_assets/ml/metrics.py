@@ -35,3 +35,10 @@ def baseline_maes(windows: WindowSet) -> dict[str, float]:
         "persistence": mae(persistence_forecast(windows), windows.targets),
         "seasonal_naive": mae(seasonal_naive_forecast(windows), windows.targets),
     }
+
+
+def baselines_per_horizon(windows: WindowSet) -> dict[str, np.ndarray]:
+    return {
+        "persistence": per_horizon_mae(persistence_forecast(windows), windows.targets),
+        "seasonal_naive": per_horizon_mae(seasonal_naive_forecast(windows), windows.targets),
+    }

@@ -118,3 +118,13 @@ def build_training_windows(
         if len(windows) == 0:
             raise ValueError(f"the {name} split has no complete {INPUT_HOURS}+{HORIZON_HOURS} h window: need more history")
     return TrainingWindows(sets["train"], sets["validation"], sets["test"], boundaries, covariates)
+
+
+def concat_windows(first: WindowSet, second: WindowSet) -> WindowSet:
+    """Both sets as one (e.g. train + validation for the final refit)."""
+    return WindowSet(
+        np.vstack([first.temperatures, second.temperatures]),
+        np.vstack([first.targets, second.targets]),
+        np.concatenate([first.last_epoch_hours, second.last_epoch_hours]),
+        {name: np.vstack([first.covariates[name], second.covariates[name]]) for name in first.covariates},
+    )

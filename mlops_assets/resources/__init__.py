@@ -18,7 +18,15 @@ from mlops_assets.ingestion.sources import (
     ObservationSource,
     SampleObservationSource,
 )
+from dagster_mlflow import mlflow_tracking
+
+from mlops_assets.insurance.sources import CsvPolicySource, PolicySource, SyntheticPolicySource
+from mlops_assets.resources.mlflow_registry import DEFAULT_TRACKING_URI, MlflowRegistry
 from mlops_assets.resources.warehouse import DEFAULT_WAREHOUSE_URL, WarehouseResource
+from mlops_assets.training.resources import TuningResource
+
+ATMOS_EXPERIMENT = "atmos_temperature"
+INSURANCE_EXPERIMENT = "insurance_charges"
 
 SOURCES = ("sample", "csv", "kma")
 
@@ -53,9 +61,31 @@ def build_observation_source(kind: str) -> ObservationSource:
     )
 
 
+def build_policy_source() -> PolicySource:
+    """The user's policies when INSURANCE_CSV_PATH is set, else the labelled synthetic sample."""
+    if os.environ.get("INSURANCE_CSV_PATH"):
+        return CsvPolicySource(path=dg.EnvVar("INSURANCE_CSV_PATH"))
+    return SyntheticPolicySource()
+
+
+def tracking_uri_config() -> str | dict[str, str]:
+    """MLFLOW_TRACKING_URI for dagster-mlflow's (legacy, dict-configured) resource."""
+    return {"env": "MLFLOW_TRACKING_URI"} if os.environ.get("MLFLOW_TRACKING_URI") else DEFAULT_TRACKING_URI
+
+
 def build_resources() -> dict[str, Any]:
     """Resources for the current environment (called when definitions load)."""
     return {
         "source": build_observation_source(atmos_source_kind()),
         "warehouse": WarehouseResource(url=env_or_default("WAREHOUSE_URL", DEFAULT_WAREHOUSE_URL)),
+        "registry": MlflowRegistry(tracking_uri=env_or_default("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)),
+        # One MLflow parent run per Dagster run, tagged `dagster_run_id`, shared by its steps.
+        "mlflow_atmos": mlflow_tracking.configured(
+            {"experiment_name": ATMOS_EXPERIMENT, "mlflow_tracking_uri": tracking_uri_config()}
+        ),
+        "mlflow_insurance": mlflow_tracking.configured(
+            {"experiment_name": INSURANCE_EXPERIMENT, "mlflow_tracking_uri": tracking_uri_config()}
+        ),
+        "policy_source": build_policy_source(),
+        "tuning": TuningResource(ray_address=env_or_default("RAY_ADDRESS", "")),
     }

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
@@ -42,6 +43,21 @@ atmos_features = sa.Table(
     sa.Column("time", sa.DateTime(timezone=True), primary_key=True),
     *[sa.Column(name, sa.Float, nullable=True) for name in VARIABLES],
     sa.Column("interpolated", sa.Boolean, nullable=False),
+)
+
+#: Insurance policy records; (source, line) keeps a re-load of the same file idempotent.
+insurance_policies = sa.Table(
+    "insurance_policies",
+    metadata,
+    sa.Column("source", sa.String(255), primary_key=True),
+    sa.Column("line", sa.Integer, primary_key=True),
+    sa.Column("age", sa.Integer, nullable=False),
+    sa.Column("sex", sa.String(16), nullable=False),
+    sa.Column("bmi", sa.Float, nullable=False),
+    sa.Column("children", sa.Integer, nullable=False),
+    sa.Column("smoker", sa.String(8), nullable=False),
+    sa.Column("region", sa.String(16), nullable=False),
+    sa.Column("charges", sa.Float, nullable=False),
 )
 
 
@@ -121,12 +137,34 @@ class WarehouseResource(dg.ConfigurableResource):
         table = atmos_features
         query = sa.select(table).where(table.c.station == station).order_by(table.c.time)
         with self.engine.connect() as connection:
-            frame = pd.DataFrame(connection.execute(query).mappings().all(), columns=[c.name for c in table.columns])
+            frame = pd.DataFrame(connection.execute(query).mappings().all(), columns=[str(c.name) for c in table.columns])
         frame["time"] = _as_utc(frame["time"])
         for name in VARIABLES:
             frame[name] = pd.to_numeric(frame[name]).astype("float64")
         frame["interpolated"] = frame["interpolated"].astype(bool)
         return frame
+
+
+    def replace_policies(self, source: str, frame: pd.DataFrame) -> int:
+        """Atomically replace every row loaded earlier from `source` (a file path) with `frame`."""
+        columns = [str(c.name) for c in insurance_policies.columns if c.name != "source"]
+        rows = [{"source": source, **row} for row in frame[columns].to_dict(orient="records")]
+        for row in rows:
+            for key, value in row.items():
+                if isinstance(value, np.generic):
+                    row[key] = value.item()
+        with self._transaction() as connection:
+            connection.execute(sa.delete(insurance_policies).where(insurance_policies.c.source == source))
+            if rows:
+                connection.execute(sa.insert(insurance_policies), rows)
+        return len(rows)
+
+    def read_policies(self) -> pd.DataFrame:
+        """All stored policies, in a stable order (source, line)."""
+        table = insurance_policies
+        query = sa.select(table).order_by(table.c.source, table.c.line)
+        with self.engine.connect() as connection:
+            return pd.DataFrame(connection.execute(query).mappings().all(), columns=[str(c.name) for c in table.columns])
 
 
 def _as_utc(values: pd.Series) -> pd.Series:

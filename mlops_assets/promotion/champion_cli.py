@@ -1,0 +1,63 @@
+"""`mlops-assets champion`: show the champion, roll the alias back with a recorded reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+
+from mlops_assets.constants import CHAMPION_ALIAS
+from mlops_assets.resources.mlflow_registry import DEFAULT_TRACKING_URI, MlflowRegistry, TrackingServerUnavailable
+
+SHOWN_TAGS = ("test_mae", "val_mae", "family", "baseline_persistence", "baseline_seasonal_naive", "decision", "decision_reason")
+
+
+def _registry() -> MlflowRegistry:
+    return MlflowRegistry(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+
+
+def show_champion(model_name: str) -> int:
+    registry = _registry()
+    try:
+        registry.ensure_reachable()
+    except TrackingServerUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    champion = registry.champion(model_name)
+    if champion is None:
+        print(f"error: {model_name} has no '{CHAMPION_ALIAS}' version in {registry.tracking_uri}", file=sys.stderr)
+        return 1
+    print(f"{model_name}@{CHAMPION_ALIAS} = version {champion.version} (run {champion.run_id})")
+    for key in SHOWN_TAGS:
+        if key in champion.tags:
+            print(f"  {key}: {champion.tags[key]}")
+    for key in ("rolled_back_at", "rollback_reason", "rolled_back_from"):
+        if key in champion.tags:
+            print(f"  {key}: {champion.tags[key]}")
+    return 0
+
+
+def rollback(model_name: str, version: str, reason: str) -> int:
+    """Move the alias to `version`, recording why and from which version on both versions."""
+    registry = _registry()
+    try:
+        registry.ensure_reachable()
+        target = registry.version(model_name, version)
+    except TrackingServerUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # MLflow raises RestException/MlflowException for unknown versions
+        print(f"error: {model_name} version {version} cannot be found: {error}", file=sys.stderr)
+        return 1
+    previous = registry.champion(model_name)
+    registry.move_champion(model_name, target.version)
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    registry.tag_version(
+        model_name,
+        target.version,
+        {"rolled_back_at": now, "rollback_reason": reason, "rolled_back_from": previous.version if previous else "none"},
+    )
+    if previous is not None and previous.version != target.version:
+        registry.tag_version(model_name, previous.version, {"demoted_at": now, "demotion_reason": reason})
+    print(f"{model_name}@{CHAMPION_ALIAS}: version {previous.version if previous else 'none'} -> {target.version} ({reason})")
+    return 0

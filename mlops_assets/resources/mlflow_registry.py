@@ -1,0 +1,98 @@
+"""A typed resource over `MlflowClient` for the Model Registry (aliases only; stages are deprecated).
+
+Tracking of the Dagster run itself (one MLflow parent run per Dagster run, tagged with its run
+id, ended by us) is dagster-mlflow's `mlflow_tracking` resource; this resource does what that
+one does not: registry versions, aliases, tags, and a clear error when the server is down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException, RestException
+from pydantic import Field
+
+from mlops_assets.constants import CHAMPION_ALIAS
+
+DEFAULT_TRACKING_URI = "sqlite:///.mlops/mlflow.db"
+
+
+class TrackingServerUnavailable(RuntimeError):
+    """MLflow (or its database) cannot be reached: fail the run, promote nothing."""
+
+
+def is_local_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
+
+
+def prepare_local_store(uri: str) -> None:
+    """Create the folder of an embedded SQLite store (MLflow does not)."""
+    if is_local_sqlite(uri):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+class MlflowRegistry(dg.ConfigurableResource):
+    """Registered models, versions, aliases and the experiment of a pipeline."""
+
+    tracking_uri: str = Field(default=DEFAULT_TRACKING_URI, description="MLflow tracking URI")
+
+    def client(self) -> mlflow.MlflowClient:
+        prepare_local_store(self.tracking_uri)
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def ensure_reachable(self) -> None:
+        """Raise TrackingServerUnavailable with the cause, instead of a deep MLflow traceback."""
+        try:
+            self.client().search_experiments(max_results=1)
+        except Exception as error:  # requests, SQLAlchemy and MLflow errors all mean "down"
+            raise TrackingServerUnavailable(f"MLflow at {self.tracking_uri} is unreachable: {error}") from error
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        base = self.tracking_uri if self.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def champion(self, model_name: str) -> ModelVersion | None:
+        """The version behind alias `champion`, or None when there is none yet."""
+        try:
+            return self.client().get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+        except RestException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        except MlflowException as error:
+            if "not found" in str(error).lower() or "does not exist" in str(error).lower():
+                return None
+            raise
+
+    def register(self, model_name: str, model_uri: str, run_id: str, tags: dict[str, Any]) -> ModelVersion:
+        """A new version of `model_name` from a logged model (`models:/<model_id>`), tags stringified."""
+        if not model_uri.startswith("models:/m-"):
+            raise ValueError(f"register a logged model (models:/<model_id>), not {model_uri!r}")
+        client = self.client()
+        try:
+            client.get_registered_model(model_name)
+        except MlflowException:
+            client.create_registered_model(model_name, description="Promoted by mlops-assets; serve alias 'champion'.")
+        version = client.create_model_version(
+            model_name,
+            model_uri,
+            run_id=run_id,
+            tags={k: str(v) for k, v in tags.items()},
+            model_id=model_uri.removeprefix("models:/"),
+        )
+        return version
+
+    def tag_version(self, model_name: str, version: str, tags: dict[str, Any]) -> None:
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version, key, str(value))
+
+    def move_champion(self, model_name: str, version: str) -> None:
+        self.client().set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
+
+    def version(self, model_name: str, version: str) -> ModelVersion:
+        return self.client().get_model_version(model_name, version)

@@ -1,0 +1,64 @@
+"""What one trial of the forecaster search does, and the final refit (Ray and sklearn, no Dagster)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import tune
+from threadpoolctl import threadpool_limits
+
+from mlops_assets.ml.forecast_features import FeatureSpec
+from mlops_assets.ml.forecasters import build_forecaster
+from mlops_assets.ml.metrics import per_horizon_mae
+from mlops_assets.ml.windows import TrainingWindows, WindowSet, concat_windows
+
+
+def horizon_metrics(prefix: str, per_horizon: np.ndarray) -> dict[str, float]:
+    """`{prefix}_mae` and one `{prefix}_mae_hNN` per lead hour (MLflow plots them side by side)."""
+    metrics = {f"{prefix}_mae": float(np.mean(per_horizon))}
+    metrics.update({f"{prefix}_mae_h{hour:02d}": float(value) for hour, value in enumerate(per_horizon, start=1)})
+    return metrics
+
+
+def forecaster_trial(config: dict[str, Any], windows: TrainingWindows) -> None:
+    """Fit on train, score on validation, report to Tune (and so to the trial's MLflow run)."""
+    with threadpool_limits(1):
+        model, spec = build_forecaster(config, windows.covariates)
+        began = time.perf_counter()
+        model.fit(windows.train.features(spec), windows.train.targets)
+        fit_seconds = time.perf_counter() - began
+        predictions = model.predict(windows.validation.features(spec))
+    metrics = horizon_metrics("val", per_horizon_mae(predictions, windows.validation.targets))
+    metrics["fit_seconds"] = fit_seconds
+    tune.report(metrics)
+
+
+@dataclass(frozen=True)
+class RefitModel:
+    """The best configuration refit on train + validation, scored once on test."""
+
+    model: Any
+    spec: FeatureSpec
+    config: dict[str, Any]
+    test_predictions: np.ndarray
+    test_per_horizon_mae: np.ndarray
+    fit_seconds: float
+
+    @property
+    def test_mae(self) -> float:
+        return float(np.mean(self.test_per_horizon_mae))
+
+
+def refit_and_score(config: dict[str, Any], windows: TrainingWindows) -> RefitModel:
+    """Refit the chosen configuration on everything before the test period, then score test."""
+    training: WindowSet = concat_windows(windows.train, windows.validation)
+    with threadpool_limits(1):
+        model, spec = build_forecaster(config, windows.covariates)
+        began = time.perf_counter()
+        model.fit(training.features(spec), training.targets)
+        fit_seconds = time.perf_counter() - began
+        predictions = model.predict(windows.test.features(spec))
+    return RefitModel(model, spec, config, predictions, per_horizon_mae(predictions, windows.test.targets), fit_seconds)
