@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     champion.add_argument("--rollback", metavar="VERSION", help="move the champion alias to this version")
     champion.add_argument("--reason", default="manual rollback", help="why (recorded on the version)")
 
+    example = commands.add_parser("example-request", help="print a forecast request built from the stored data")
+    example.add_argument("--model", default="atmos_temperature", help="registered model name")
+
     serve = commands.add_parser("serve", help="start the prediction service")
     serve.add_argument("--host", default=os.environ.get("SERVING_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("SERVING_PORT", "8000")))
@@ -58,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rollback:
             return rollback(args.model, args.rollback, args.reason)
         return show_champion(args.model)
+    if args.command == "example-request":
+        from mlops_assets.promotion.champion_cli import example_request
+
+        return example_request(args.model)
     if args.command == "serve":
         from serving.server import run
 
@@ -113,6 +120,37 @@ def materialize(selection_text: str, start: dt.date | None, end: dt.date | None)
         return _report(result, time.monotonic() - began)
 
 
+SERVE_HINT = """
+Serve the champions (reloads by itself when the alias moves):
+    mlops-assets serve --port 8000
+Ask for tomorrow's temperatures (the body holds the last 72 hours of the sample, and what the
+champion's features need):
+    mlops-assets example-request > request.json
+    curl -s -X PUT http://127.0.0.1:8000/predict/atmos_temperature -H 'Content-Type: application/json' -d @request.json"""
+
+CHAMPION_ASSETS = {"atmos_champion_model": "atmos_temperature", "insurance_champion_model": "insurance_charges"}
+
+
+def champion_summaries(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    """One line per promotion step that ran: decision, versions, scores against the baselines."""
+    lines = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        asset = materialization.asset_key.to_user_string()
+        if asset not in CHAMPION_ASSETS:
+            continue
+        metadata = {key: value.value for key, value in materialization.metadata.items()}
+        scores = ", ".join(f"{key.removeprefix('baseline_')} {value}" for key, value in metadata.items() if key.startswith("baseline_"))
+        before = metadata.get("champion_test_mae_same_holdout")
+        lines[CHAMPION_ASSETS[asset]] = (
+            f"{metadata['decision']} v{metadata['registered_version']}: {metadata['reason']}\n"
+            f"    champion now: v{metadata['champion_version']}; test MAE of the challenger "
+            f"{metadata['challenger_test_mae']}, of the previous champion {before if before is not None else '-'}; "
+            f"baselines: {scores}"
+        )
+    return lines
+
+
 def _report(result: dg.ExecuteInProcessResult, seconds: float) -> int:
     """Print a summary to stdout and failures to stderr; the exit status for the shell."""
     print(f"\nrun {result.run_id} finished in {seconds:.1f} s")
@@ -129,6 +167,11 @@ def _report(result: dg.ExecuteInProcessResult, seconds: float) -> int:
         detail = f"{count} partitions, " if count > 1 else ""
         detail += f"{rows_by_asset[name]} rows" if name in rows_by_asset else ""
         print(f"  materialized {name}" + (f" ({detail.rstrip(', ')})" if detail else ""))
+    summaries = champion_summaries(result)
+    for name, line in summaries.items():
+        print(f"  {name}: {line}")
+    if summaries:
+        print(SERVE_HINT)
     failed_checks = []
     for event in result.get_asset_check_evaluations():
         status = "passed" if event.passed else f"FAILED ({event.severity.value})"

@@ -70,3 +70,15 @@ def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
 def mlflow_uri(tmp_path: Path) -> str:
     """A real MLflow SQLite store in the test's folder (artifacts beside it)."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """One local Ray for the session: searches reuse it instead of paying 3-6 s of start-up each."""
+    import ray
+
+    from mlops_assets.training.tuning import TRIAL_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": TRIAL_ENV}, log_to_driver=False)
+    yield
+    ray.shutdown()

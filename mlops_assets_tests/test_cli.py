@@ -28,7 +28,7 @@ def test_partitioned_assets_need_dates(capsys: pytest.CaptureFixture[str]) -> No
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--select", "no_such_asset"], "matches no asset"),
+        (["--select", "no_such_asset"], "invalid --select 'no_such_asset'"),
         (["--select", "group:"], "invalid --select"),
         (["--start", "2013-05-10", "--end", "2013-05-01", "--select", "raw_atmos_observations"], "is before --start"),
     ],

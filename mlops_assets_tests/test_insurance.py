@@ -10,7 +10,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from dagster_mlflow import mlflow_tracking
 
 from mlops_assets.constants import INSURANCE_MODEL_NAME
 from mlops_assets.insurance.assets import (
@@ -32,7 +31,7 @@ ASSETS = [insurance_policies, insurance_tuned_model, insurance_champion_model, i
 
 
 @pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
+def instance(local_ray: None) -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as test_instance:
         yield test_instance
 
@@ -131,7 +130,6 @@ def _resources(tmp_path: Path, tracking_uri: str, policy_source: object) -> dict
         "policy_source": policy_source,
         "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}"),
         "registry": MlflowRegistry(tracking_uri=tracking_uri),
-        "mlflow_insurance": mlflow_tracking.configured({"experiment_name": "insurance_test", "mlflow_tracking_uri": tracking_uri}),
         "tuning": TuningResource(search="quick"),
     }
 

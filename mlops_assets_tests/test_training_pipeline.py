@@ -9,7 +9,6 @@ import dagster as dg
 import mlflow
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from dagster_mlflow import mlflow_tracking
 
 from mlops_assets.cli import main
 from mlops_assets.constants import ATMOS_MODEL_NAME
@@ -36,13 +35,12 @@ def _resources(tmp_path: Path, tracking_uri: str) -> dict[str, object]:
         "source": SampleObservationSource(),
         "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}"),
         "registry": MlflowRegistry(tracking_uri=tracking_uri),
-        "mlflow_atmos": mlflow_tracking.configured({"experiment_name": "atmos_test", "mlflow_tracking_uri": tracking_uri}),
         "tuning": TuningResource(search="quick"),
     }
 
 
 @pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
+def instance(local_ray: None) -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as test_instance:
         yield test_instance
 

@@ -5,7 +5,6 @@ from typing import Any
 
 import dagster as dg
 import mlflow
-from dagster_mlflow.resources import MlFlow
 import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.metrics import mean_absolute_error
@@ -16,12 +15,13 @@ from mlops_assets.insurance.search import insurance_trial, median_baseline_mae, 
 from mlops_assets.insurance.sources import PolicySource
 from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, TARGET, search_space, split_policies
 from mlops_assets.promotion.registry_promotion import Challenger, promote_if_better
-from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.resources.mlflow_registry import MlflowRegistry, TrackingServerUnavailable
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.resources import TuningResource
 from mlops_assets.training.tuning import run_search
 
 MAX_REJECTED_SHOWN = 20
+INSURANCE_EXPERIMENT = "insurance_charges"
 
 
 @dg.asset(
@@ -80,23 +80,14 @@ class InsuranceTunedModel:
     description="Ray Tune search over gradient boosting and a linear model with interactions (80/20 seeded split).",
 )
 def insurance_tuned_model(
-    context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    tuning: TuningResource,
-    registry: MlflowRegistry,
-    mlflow_insurance: dg.ResourceParam[MlFlow],
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, tuning: TuningResource, registry: MlflowRegistry
 ) -> InsuranceTunedModel:
-    """`mlflow_insurance` (dagster-mlflow) has started this Dagster run's MLflow run."""
-    parent = mlflow.active_run()
-    if parent is None:
-        raise dg.Failure("dagster-mlflow did not start an MLflow run")
+    tags = {"dagster_run_id": context.run_id, "dagster_asset": "insurance_tuned_model"}
     try:
-        tuned = _search(context, warehouse, tuning, registry, parent.info.run_id, parent.info.experiment_id)
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run()
-    return tuned
+        with registry.parent_run(INSURANCE_EXPERIMENT, f"insurance_tuned_model {context.run_id[:8]}", tags) as parent:
+            return _search(context, warehouse, tuning, registry, parent.info.run_id, parent.info.experiment_id)
+    except TrackingServerUnavailable as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
 
 
 def _search(

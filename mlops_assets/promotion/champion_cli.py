@@ -61,3 +61,48 @@ def rollback(model_name: str, version: str, reason: str) -> int:
         registry.tag_version(model_name, previous.version, {"demoted_at": now, "demotion_reason": reason})
     print(f"{model_name}@{CHAMPION_ALIAS}: version {previous.version if previous else 'none'} -> {target.version} ({reason})")
     return 0
+
+
+def example_request(model_name: str) -> int:
+    """Print a forecast request for the champion from the newest 72 stored hours (JSON on stdout)."""
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    from mlops_assets.ml.forecast_features import INPUT_HOURS, FeatureSpec
+    from mlops_assets.ml.model_io import FEATURE_SPEC_KEY
+    from mlops_assets.resources import configured_station
+    from mlops_assets.resources.warehouse import DEFAULT_WAREHOUSE_URL, WarehouseResource
+
+    registry = _registry()
+    champion = registry.champion(model_name)
+    if champion is None:
+        print(f"error: {model_name} has no '{CHAMPION_ALIAS}' version in {registry.tracking_uri}", file=sys.stderr)
+        return 1
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    info = mlflow.models.get_model_info(f"models:/{model_name}/{champion.version}")
+    spec = FeatureSpec.from_dict((info.metadata or {})[FEATURE_SPEC_KEY])
+    station = configured_station()
+    warehouse = WarehouseResource(url=os.environ.get("WAREHOUSE_URL") or DEFAULT_WAREHOUSE_URL)
+    features = warehouse.read_features(station)
+    complete = features.dropna(subset=["tmp", *spec.covariates]).reset_index(drop=True)
+    # The newest 72 consecutive complete hours: rows i-71..i span exactly 71 hours.
+    times = complete["time"]
+    spans = times - times.shift(INPUT_HOURS - 1)
+    ends = spans.index[spans == pd.Timedelta(hours=INPUT_HOURS - 1)]
+    if len(ends) == 0:
+        print(f"error: station {station} has no {INPUT_HOURS} consecutive complete hours stored", file=sys.stderr)
+        return 1
+    end = int(ends[-1])
+    window = complete.iloc[end - INPUT_HOURS + 1 : end + 1]
+    body: dict[str, object] = {"time_series": [round(float(v), 2) for v in window["tmp"]]}
+    if spec.calendar:
+        body["last_observed_at"] = window["time"].iloc[-1].isoformat()
+    if spec.covariates:
+        body["covariates"] = {
+            name: [round(float(v), 2) for v in window[name].iloc[-spec.covariate_hours :]] for name in spec.covariates
+        }
+    print(json.dumps(body))
+    return 0
+

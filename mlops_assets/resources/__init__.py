@@ -18,15 +18,11 @@ from mlops_assets.ingestion.sources import (
     ObservationSource,
     SampleObservationSource,
 )
-from dagster_mlflow import mlflow_tracking
-
 from mlops_assets.insurance.sources import CsvPolicySource, PolicySource, SyntheticPolicySource
 from mlops_assets.resources.mlflow_registry import DEFAULT_TRACKING_URI, MlflowRegistry
 from mlops_assets.resources.warehouse import DEFAULT_WAREHOUSE_URL, WarehouseResource
 from mlops_assets.training.resources import TuningResource
 
-ATMOS_EXPERIMENT = "atmos_temperature"
-INSURANCE_EXPERIMENT = "insurance_charges"
 
 SOURCES = ("sample", "csv", "kma")
 
@@ -43,21 +39,29 @@ def atmos_source_kind() -> str:
     return kind
 
 
+DEFAULT_STATIONS = {"sample": "JFK", "csv": "csv", "kma": "108"}
+
+
+def configured_station() -> str:
+    """The station the pipeline works on, for code outside a Dagster run (CLI helpers)."""
+    return os.environ.get("ATMOS_STATION") or DEFAULT_STATIONS[atmos_source_kind()]
+
+
 def build_observation_source(kind: str) -> ObservationSource:
     if kind == "sample":
-        return SampleObservationSource(station_id=env_or_default("ATMOS_STATION", "JFK"))
+        return SampleObservationSource(station_id=env_or_default("ATMOS_STATION", DEFAULT_STATIONS["sample"]))
     if kind == "csv":
         if not os.environ.get("ATMOS_CSV_PATH"):
             raise ValueError("ATMOS_SOURCE=csv needs ATMOS_CSV_PATH (a CSV with at least 'time' and 'tmp')")
         return CsvObservationSource(
             path=dg.EnvVar("ATMOS_CSV_PATH"),
-            station_id=env_or_default("ATMOS_STATION", "csv"),
+            station_id=env_or_default("ATMOS_STATION", DEFAULT_STATIONS["csv"]),
             time_zone=env_or_default("ATMOS_TIMEZONE", "UTC"),
         )
     return KmaObservationSource(
         service_key=dg.EnvVar("KMA_SERVICE_KEY"),
         endpoint=env_or_default("KMA_ASOS_ENDPOINT", KmaAsosClient.DEFAULT_ENDPOINT),
-        station_id=env_or_default("ATMOS_STATION", "108"),
+        station_id=env_or_default("ATMOS_STATION", DEFAULT_STATIONS["kma"]),
     )
 
 
@@ -68,24 +72,12 @@ def build_policy_source() -> PolicySource:
     return SyntheticPolicySource()
 
 
-def tracking_uri_config() -> str | dict[str, str]:
-    """MLFLOW_TRACKING_URI for dagster-mlflow's (legacy, dict-configured) resource."""
-    return {"env": "MLFLOW_TRACKING_URI"} if os.environ.get("MLFLOW_TRACKING_URI") else DEFAULT_TRACKING_URI
-
-
 def build_resources() -> dict[str, Any]:
     """Resources for the current environment (called when definitions load)."""
     return {
         "source": build_observation_source(atmos_source_kind()),
         "warehouse": WarehouseResource(url=env_or_default("WAREHOUSE_URL", DEFAULT_WAREHOUSE_URL)),
         "registry": MlflowRegistry(tracking_uri=env_or_default("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)),
-        # One MLflow parent run per Dagster run, tagged `dagster_run_id`, shared by its steps.
-        "mlflow_atmos": mlflow_tracking.configured(
-            {"experiment_name": ATMOS_EXPERIMENT, "mlflow_tracking_uri": tracking_uri_config()}
-        ),
-        "mlflow_insurance": mlflow_tracking.configured(
-            {"experiment_name": INSURANCE_EXPERIMENT, "mlflow_tracking_uri": tracking_uri_config()}
-        ),
         "policy_source": build_policy_source(),
         "tuning": TuningResource(ray_address=env_or_default("RAY_ADDRESS", "")),
     }

@@ -1,12 +1,15 @@
-"""A typed resource over `MlflowClient` for the Model Registry (aliases only; stages are deprecated).
+"""A typed resource over MLflow: the parent run of a search, and the Model Registry (aliases only).
 
-Tracking of the Dagster run itself (one MLflow parent run per Dagster run, tagged with its run
-id, ended by us) is dagster-mlflow's `mlflow_tracking` resource; this resource does what that
-one does not: registry versions, aliases, tags, and a clear error when the server is down.
+Why not dagster-mlflow's `mlflow_tracking` resource for the parent run: it keeps one global
+active MLflow run per process, so two pipelines materialized in one Dagster run (the main
+command runs both) log into each other's run. An explicit run per asset, tagged with the
+Dagster run id and ended with the step's outcome, does not collide.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,16 @@ class MlflowRegistry(dg.ConfigurableResource):
             self.client().search_experiments(max_results=1)
         except Exception as error:  # requests, SQLAlchemy and MLflow errors all mean "down"
             raise TrackingServerUnavailable(f"MLflow at {self.tracking_uri} is unreachable: {error}") from error
+
+    @contextmanager
+    def parent_run(self, experiment_name: str, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+        """The active MLflow run a search nests its trials under; FAILED if the block raises."""
+        self.ensure_reachable()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        experiment = mlflow.set_experiment(experiment_name)
+        with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name, tags=tags) as run:
+            yield run
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         base = self.tracking_uri if self.tracking_uri.startswith("http") else "http://127.0.0.1:5000"

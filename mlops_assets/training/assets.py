@@ -2,7 +2,6 @@
 
 import dagster as dg
 import mlflow
-from dagster_mlflow.resources import MlFlow
 from mlflow.models.model import ModelInfo
 import numpy as np
 
@@ -13,7 +12,7 @@ from mlops_assets.ml import forecasters
 from mlops_assets.ml.metrics import baseline_maes, baselines_per_horizon
 from mlops_assets.ml.model_io import log_forecaster
 from mlops_assets.ml.windows import TrainingWindows, build_training_windows
-from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.resources.mlflow_registry import MlflowRegistry, TrackingServerUnavailable
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.forecaster_search import RefitModel, forecaster_trial, horizon_metrics, refit_and_score
 from mlops_assets.plots import figure_markdown
@@ -66,20 +65,15 @@ def atmos_tuned_model(
     atmos_training_windows: TrainingWindows,
     tuning: TuningResource,
     registry: MlflowRegistry,
-    mlflow_atmos: dg.ResourceParam[MlFlow],
 ) -> TunedModel:
-    """`mlflow_atmos` (dagster-mlflow) has started this Dagster run's MLflow run, tagged dagster_run_id."""
-    windows = atmos_training_windows
-    parent = mlflow.active_run()
-    if parent is None:
-        raise dg.Failure("dagster-mlflow did not start an MLflow run")
+    tags = {"dagster_run_id": context.run_id, "dagster_asset": "atmos_tuned_model"}
     try:
-        tuned = _search_and_refit(context, windows, tuning, registry, parent.info.run_id, parent.info.experiment_id)
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run()
-    return tuned
+        with registry.parent_run(ATMOS_EXPERIMENT, f"atmos_tuned_model {context.run_id[:8]}", tags) as parent:
+            return _search_and_refit(
+                context, atmos_training_windows, tuning, registry, parent.info.run_id, parent.info.experiment_id
+            )
+    except TrackingServerUnavailable as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
 
 
 def _search_and_refit(
