@@ -167,17 +167,17 @@ def _report(result: dg.ExecuteInProcessResult, seconds: float) -> int:
         detail = f"{count} partitions, " if count > 1 else ""
         detail += f"{rows_by_asset[name]} rows" if name in rows_by_asset else ""
         print(f"  materialized {name}" + (f" ({detail.rstrip(', ')})" if detail else ""))
-    summaries = champion_summaries(result)
-    for name, line in summaries.items():
-        print(f"  {name}: {line}")
-    if summaries:
-        print(SERVE_HINT)
     failed_checks = []
     for event in result.get_asset_check_evaluations():
         status = "passed" if event.passed else f"FAILED ({event.severity.value})"
         print(f"  check {event.asset_key.to_user_string()}:{event.check_name} {status}")
         if not event.passed and event.severity == dg.AssetCheckSeverity.ERROR:
             failed_checks.append(f"{event.asset_key.to_user_string()}:{event.check_name}")
+    summaries = champion_summaries(result)
+    for name, line in summaries.items():
+        print(f"  {name}: {line}")
+    if summaries:
+        print(SERVE_HINT)
     failures = [event for event in result.all_events if event.is_step_failure]
     for event in failures:
         error = event.step_failure_data.error

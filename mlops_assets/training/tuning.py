@@ -85,6 +85,8 @@ def run_search(
     """Run the search; every trial is logged to MLflow as a child of `parent_run_id`."""
     for key, value in TRIAL_ENV.items():
         os.environ.setdefault(key, value)
+    # Tune's newer console output prints a table and a results path we delete; keep logs quiet.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started_ray = _start_ray(settings)
     storage = tempfile.mkdtemp(prefix="mlops-tune-")
     began = time.perf_counter()
