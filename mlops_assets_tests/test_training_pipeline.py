@@ -127,3 +127,19 @@ def test_new_features_trigger_retraining_through_automation(ingested: dict[str, 
         assert tick.get_num_requested(asset.key) == 1, asset.key
     after = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=tick.cursor)
     assert after.total_requested == 0  # requested once, not again on every tick
+
+
+@pytest.mark.postgres
+def test_the_search_and_promotion_work_against_a_tracking_server_on_postgres(
+    ingested: dict[str, object], tmp_path: Path, instance: dg.DagsterInstance, mlflow_server: str
+) -> None:
+    resources = {**ingested, "registry": MlflowRegistry(tracking_uri=mlflow_server)}
+    result = _train(resources, instance)
+    metadata = result.asset_materializations_for_node("atmos_champion_model")[0].metadata
+    assert metadata["decision"].value == "promoted"
+    client = mlflow.MlflowClient(mlflow_server)
+    champion = client.get_model_version_by_alias(ATMOS_MODEL_NAME, "champion")
+    tuned = result.output_for_node("atmos_tuned_model")
+    assert champion.run_id == tuned.run_id
+    trials = client.search_runs([tuned.experiment_id], f"tags.mlflow.parentRunId = '{tuned.run_id}'")
+    assert len(trials) == tuned.trials
