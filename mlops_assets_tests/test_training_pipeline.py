@@ -73,7 +73,9 @@ def test_search_promotes_then_refuses_an_equal_model_then_rolls_back(
     assert parent.data.tags["dagster_run_id"] == first.run_id
     trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{tuned.run_id}'")
     assert len(trials) == tuned.trials >= 2
-    assert all("val_mae_h24" in trial.data.metrics and "fit_seconds" in trial.data.metrics for trial in trials)
+    assert all("val_mae" in trial.data.metrics for trial in trials)
+    finished = [trial for trial in trials if "fit_seconds" in trial.data.metrics]  # the others ASHA stopped early
+    assert finished and all("val_mae_h24" in trial.data.metrics for trial in finished)
     model_info = mlflow.models.get_model_info(f"models:/{ATMOS_MODEL_NAME}/1")
     assert model_info.signature is not None and model_info.saved_input_example_info is not None
     checks = {evaluation.check_name: evaluation.passed for evaluation in first.get_asset_check_evaluations()}

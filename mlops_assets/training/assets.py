@@ -14,7 +14,13 @@ from mlops_assets.ml.model_io import log_forecaster
 from mlops_assets.ml.windows import TrainingWindows, build_training_windows
 from mlops_assets.resources.mlflow_registry import MlflowRegistry, TrackingServerUnavailable
 from mlops_assets.resources.warehouse import WarehouseResource
-from mlops_assets.training.forecaster_search import RefitModel, forecaster_trial, horizon_metrics, refit_and_score
+from mlops_assets.training.forecaster_search import (
+    TRIAL_ITERATIONS,
+    RefitModel,
+    forecaster_trial,
+    horizon_metrics,
+    refit_and_score,
+)
 from mlops_assets.plots import figure_markdown
 from mlops_assets.training.plots import forecast_figure, horizon_error_figure
 from mlops_assets.training.resources import TuningResource
@@ -86,7 +92,10 @@ def _search_and_refit(
 ) -> TunedModel:
     quick = tuning.search == "quick"
     space = forecasters.QUICK_SEARCH_SPACE if quick else forecasters.SEARCH_SPACE
-    settings = tuning.settings(default_samples=forecasters.QUICK_NUM_SAMPLES if quick else forecasters.DEFAULT_NUM_SAMPLES)
+    settings = tuning.settings(
+        default_samples=forecasters.QUICK_NUM_SAMPLES if quick else forecasters.DEFAULT_NUM_SAMPLES,
+        max_iterations=TRIAL_ITERATIONS,
+    )
     experiment = registry.client().get_experiment(experiment_id).name
     outcome = run_search(
         forecaster_trial,
@@ -133,6 +142,7 @@ def _search_and_refit(
             "family": str(refit.config.get("family")),
             "config": dg.MetadataValue.json({k: _plain(v) for k, v in refit.config.items()}),
             "trials": len(outcome.trials),
+            "trials_stopped_early": sum("fit_seconds" not in trial.metrics for trial in outcome.trials),
             "errored_trials": outcome.errored_trials,
             "search_seconds": round(outcome.wall_seconds, 1),
             "val_mae": round(tuned.val_mae, 4),

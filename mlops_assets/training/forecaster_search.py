@@ -11,7 +11,7 @@ from ray import tune
 from threadpoolctl import threadpool_limits
 
 from mlops_assets.ml.forecast_features import FeatureSpec
-from mlops_assets.ml.forecasters import build_forecaster
+from mlops_assets.ml.forecasters import PROGRESS_STAGES, build_forecaster, fit_with_progress
 from mlops_assets.ml.metrics import per_horizon_mae
 from mlops_assets.ml.windows import TrainingWindows, WindowSet, concat_windows
 
@@ -23,14 +23,27 @@ def horizon_metrics(prefix: str, per_horizon: np.ndarray) -> dict[str, float]:
     return metrics
 
 
+#: Reports a trial can make: one per boosting stage, then the final one with every metric.
+TRIAL_ITERATIONS = PROGRESS_STAGES + 1
+
+
 def forecaster_trial(config: dict[str, Any], windows: TrainingWindows) -> None:
-    """Fit on train, score on validation, report to Tune (and so to the trial's MLflow run)."""
+    """Fit on train, score on validation, report to Tune (and so to the trial's MLflow run).
+
+    Boosted families report their validation MAE after each warm-started stage, so ASHA can
+    stop a poor configuration early; every trial ends with a report of all its metrics.
+    """
+
+    def report_stage(stage: int, val_mae: float) -> None:
+        tune.report({"val_mae": val_mae, "stage": stage})
+
     with threadpool_limits(1):
         model, spec = build_forecaster(config, windows.covariates)
+        validation = windows.validation.features(spec)
         began = time.perf_counter()
-        model.fit(windows.train.features(spec), windows.train.targets)
+        fit_with_progress(model, windows.train.features(spec), windows.train.targets, validation, windows.validation.targets, report_stage)
         fit_seconds = time.perf_counter() - began
-        predictions = model.predict(windows.validation.features(spec))
+        predictions = model.predict(validation)
     metrics = horizon_metrics("val", per_horizon_mae(predictions, windows.validation.targets))
     metrics["fit_seconds"] = fit_seconds
     tune.report(metrics)
