@@ -186,8 +186,7 @@ def insurance_champion_model(
 
 def rescore_insurance(registry: MlflowRegistry, version: str, test: pd.DataFrame) -> float:
     """Test MAE of a registered version on this holdout (its stored tags are not trusted)."""
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    mlflow.set_registry_uri(registry.tracking_uri)
+    registry.activate()
     model = mlflow.sklearn.load_model(f"models:/{INSURANCE_MODEL_NAME}/{version}")
     return float(mean_absolute_error(test[TARGET], model.predict(test[list(FEATURES)])))
 

@@ -51,10 +51,7 @@ def atmos_champion_model(
 
 def rescore_version(registry: MlflowRegistry, version: str, windows: TrainingWindows) -> float:
     """Test MAE of a registered version on these windows (its stored tags are not trusted)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    mlflow.set_registry_uri(registry.tracking_uri)
+    registry.activate()
     model, spec = load_forecaster(f"models:/{ATMOS_MODEL_NAME}/{version}")
     missing = [name for name in spec.covariates if name not in windows.covariates]
     if missing:

@@ -80,7 +80,7 @@ def example_request(model_name: str) -> int:
     if champion is None:
         print(f"error: {model_name} has no '{CHAMPION_ALIAS}' version in {registry.tracking_uri}", file=sys.stderr)
         return 1
-    mlflow.set_tracking_uri(registry.tracking_uri)
+    registry.activate()
     info = mlflow.models.get_model_info(f"models:/{model_name}/{champion.version}")
     spec = FeatureSpec.from_dict((info.metadata or {})[FEATURE_SPEC_KEY])
     station = configured_station()

@@ -54,12 +54,16 @@ class MlflowRegistry(dg.ConfigurableResource):
         except Exception as error:  # requests, SQLAlchemy and MLflow errors all mean "down"
             raise TrackingServerUnavailable(f"MLflow at {self.tracking_uri} is unreachable: {error}") from error
 
+    def activate(self) -> None:
+        """Point MLflow's fluent API (model loading, logging) at this store."""
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+
     @contextmanager
     def parent_run(self, experiment_name: str, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
         """The active MLflow run a search nests its trials under; FAILED if the block raises."""
         self.ensure_reachable()
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
+        self.activate()
         experiment = mlflow.set_experiment(experiment_name)
         with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name, tags=tags) as run:
             yield run
