@@ -44,3 +44,28 @@ def test_a_failing_step_exits_1_with_the_reason(capsys: pytest.CaptureFixture[st
     assert main(["materialize", "--start", "2013-05-01", "--end", "2013-05-01", "--select", "raw_atmos_observations"]) == 1
     err = capsys.readouterr().err
     assert "/nonexistent/station.csv: no such file" in err
+
+
+@pytest.mark.postgres
+def test_the_production_instance_config_stores_runs_in_postgres(
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import dagster as dg
+    import sqlalchemy as sa
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", home / "dagster.yaml")
+    url = sa.make_url(postgres_database)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    for name, value in {
+        "DAGSTER_PG_HOST": url.host, "DAGSTER_PG_PORT": str(url.port), "DAGSTER_PG_USER": url.username,
+        "DAGSTER_PG_PASSWORD": url.password or "", "DAGSTER_PG_DB": url.database,
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert main(["materialize", "--start", "2013-05-01", "--end", "2013-05-02", "--select", "raw_atmos_observations"]) == 0
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert instance.get_materialized_partitions(dg.AssetKey("raw_atmos_observations")) == {"2013-05-01", "2013-05-02"}
