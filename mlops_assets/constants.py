@@ -6,3 +6,6 @@ INSURANCE_GROUP = "insurance"
 ATMOS_MODEL_NAME = "atmos_temperature"
 INSURANCE_MODEL_NAME = "insurance_charges"
 CHAMPION_ALIAS = "champion"
+
+#: Embedded MLflow store (local SQLite) when MLFLOW_TRACKING_URI is unset.
+DEFAULT_TRACKING_URI = "sqlite:///.mlops/mlflow.db"

@@ -4,9 +4,9 @@ Routes: `PUT|POST /predict/<model>` for each configured model module, `GET /heal
 `GET /metrics`, and the OpenAPI schema with interactive docs under `/schema`
 (`/schema/openapi.json`, Swagger UI at `/schema` and `/schema/swagger`).
 
-Any ASGI server can run it as a factory, e.g. `granian --interface asgi --factory
-serving.app:create_app` or `uvicorn --factory serving.app:create_app`; `serving.server.run` is the
-tuned two-worker entry point.
+Any ASGI server can run it as a factory, e.g. `uvicorn --factory serving.app:create_app` or
+`granian --interface asgi --factory serving.app:create_app`; `serving.server.run` is the tuned
+multi-worker entry point.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -56,7 +57,7 @@ class ModelStatus(msgspec.Struct):
     loaded_at: float | None
     registry_error: str | None
     load_error: str | None
-    alias_missing: bool
+    alias_missing: str | None
 
 
 class Readiness(msgspec.Struct):
@@ -85,11 +86,14 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
             import mlflow
 
             mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        async with cache.running():
-            yield
+        try:
+            async with cache.running():
+                yield
+        finally:
+            metrics.close()
 
-    components = Components(schemas={})
-    predict_handlers = [_predict_handler(m, cache.slots[m.name], settings, components) for m in modules]
+    components = Components()
+    predict_handlers = [_predict_handler(m, cache.slots[m.name], settings) for m in modules]
     if settings.api_token is not None:
         components.security_schemes = {
             _BEARER: SecurityScheme(type="http", scheme="bearer", description="SERVING_API_TOKEN")
@@ -114,7 +118,7 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
 
 
 def _predict_handler(
-    module: ModelModule[Any, Any, Any, Any], slot: ModelSlot, settings: ServingSettings, components: Components
+    module: ModelModule[Any, Any, Any, Any], slot: ModelSlot, settings: ServingSettings
 ) -> HTTPRouteHandler:
     decoder = msgspec.json.Decoder(module.request_type)
     encode = msgspec.json.Encoder().encode
@@ -126,22 +130,20 @@ def _predict_handler(
         loaded = await slot.get()  # one read: this request finishes on this version
         artifact = loaded.artifact
         answer = shape_response(predict(artifact, build_input(artifact, payload)), loaded.ref)
-        return Response(encode(answer), media_type=MediaType.JSON)
+        return Response(encode(answer), status_code=200, media_type=MediaType.JSON)
 
     # Annotations drive Litestar's docs; the body is decoded by hand (strict msgspec, our errors).
     handler.__annotations__ = {"request": Request, "return": Response[module.response_type]}  # type: ignore[name-defined]
     handler.__name__ = handler.__qualname__ = f"predict_{module.name}"
 
-    (schema,), defs = msgspec.json.schema_components(
-        [module.request_type], ref_template="#/components/schemas/{name}"
-    )
-    components.schemas.update(defs)  # plain JSON-schema dicts: Litestar serialises them as they are
     request_body = RequestBody(
         required=True,
         description=f"JSON, at most {settings.max_body_bytes} bytes.",
         content={
             "application/json": OpenAPIMediaType(
-                schema=schema,  # type: ignore[arg-type]
+                # Plain JSON Schema (Litestar serialises dicts as they are), refs inlined since
+                # Litestar owns components/schemas.
+                schema=_inline_refs(msgspec.json.schema(module.request_type)),  # type: ignore[arg-type]
                 examples={k: Example(value=v) for k, v in module.examples.items()} or None,
             )
         },
@@ -164,7 +166,7 @@ def _predict_handler(
         errors[401] = ResponseSpec(ErrorBody, description="Missing or wrong `Authorization: Bearer <token>`.")
         security = [{_BEARER: []}]
     return route(
-        f"/predict/{module.name}",
+        module.path,
         http_method=[HttpMethod.PUT, HttpMethod.POST],
         guards=guards,
         security=security,
@@ -172,17 +174,37 @@ def _predict_handler(
         responses=errors,
         description=module.description,
         summary=f"Predict with the {settings.alias} of {module.name}",
+        status_code=200,
         tags=["predict"],
     )(handler)
 
 
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """msgspec's schema with its `$defs` substituted where referenced (no recursive types here)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any, trail: tuple[str, ...]) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                name = node["$ref"].rsplit("/", 1)[-1]
+                if name in trail:
+                    raise ValueError(f"recursive request type {name!r} cannot be inlined")
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return walk({**defs[name], **rest}, (*trail, name))
+            return {k: walk(v, trail) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, trail) for v in node]
+        return node
+
+    return walk(schema, ())
+
+
+@dataclass
 class _PredictOperation(Operation):
     """Operation whose request body is the module's msgspec schema (the handler reads raw bytes)."""
 
-    body: Any = None
-
     def __post_init__(self) -> None:
-        self.request_body = type(self).body
+        self.request_body = type(self).body  # type: ignore[attr-defined]
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:

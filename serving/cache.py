@@ -28,11 +28,16 @@ log = logging.getLogger(__name__)
 #: While nothing is loaded, a request retries the registry itself at most this often; the rest
 #: get the last failure as their 503 at once instead of queueing behind a dead registry.
 FIRST_LOAD_RETRY_SECONDS = 1.0
+_NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+class AliasNotFound(Exception):
+    """The registry answered: the model or the alias does not exist (as opposed to unreachable)."""
 
 
 class AliasResolver(Protocol):
-    def resolve(self, name: str, alias: str) -> str | None:
-        """The version `alias` points at, None when the model or alias does not exist; raises when unreachable."""
+    def resolve(self, name: str, alias: str) -> str:
+        """The version `alias` points at; `AliasNotFound` if none, any other exception if unreachable."""
 
     def describe(self) -> str:
         """Where the registry is, for messages."""
@@ -45,7 +50,7 @@ class MlflowResolver:
         self.tracking_uri = tracking_uri
         self._client: Any = None
 
-    def resolve(self, name: str, alias: str) -> str | None:
+    def resolve(self, name: str, alias: str) -> str:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -54,8 +59,10 @@ class MlflowResolver:
         try:
             version = self._client.get_model_version_by_alias(name, alias)
         except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
+            # Unknown model: RESOURCE_DOES_NOT_EXIST; known model, unknown alias: the stores say
+            # INVALID_PARAMETER_VALUE ("Registered model alias champion not found.").
+            if exc.error_code in _NOT_FOUND_CODES:
+                raise AliasNotFound(exc.message) from exc
             raise
         return str(version.version)
 
@@ -91,7 +98,8 @@ class ModelSlot:
         #: Why the last refresh could not reach the registry / load the version (None: it could).
         self.registry_error: str | None = None
         self.load_error: str | None = None
-        self.alias_missing = False
+        #: The registry's words when the alias does not exist (None: it does).
+        self.alias_missing: str | None = None
         self.loads = 0
         self._inflight: asyncio.Task[None] | None = None
         self._last_attempt = -float("inf")
@@ -132,8 +140,8 @@ class ModelSlot:
             why = f"cannot reach {where}: {self.registry_error}"
         elif self.load_error is not None:
             why = f"loading the {self.alias!r} version failed: {self.load_error}"
-        elif self.alias_missing:
-            why = f"no version of registered model {self.name!r} has the alias {self.alias!r} in {where}"
+        elif self.alias_missing is not None:
+            why = f"registered model {self.name!r} has no alias {self.alias!r} in {where} ({self.alias_missing})"
         else:
             why = "the first load has not finished yet"
         return f"no version of {self.name!r} is loaded: {why}"
@@ -153,6 +161,14 @@ class ModelSlot:
         name, metrics = self.name, self.metrics
         try:
             version = await asyncio.to_thread(self.resolver.resolve, name, self.alias)
+        except AliasNotFound as exc:
+            self._registry_reachable()
+            if self.alias_missing is None:
+                keeping = "" if self.current is None else f"; still serving version {self.current.version}"
+                log.warning("no version of %s has alias %r (%s)%s", name, self.alias, exc, keeping)
+            self.alias_missing = str(exc)
+            metrics.registry_polls.labels(name, "no_alias").inc()
+            return
         except Exception as exc:  # whatever the client raises, the registry is unusable right now
             if self.registry_error is None:
                 log.error("registry unreachable while resolving %s@%s: %s", name, self.alias, exc, exc_info=exc)
@@ -163,29 +179,21 @@ class ModelSlot:
             metrics.registry_poll_errors.labels(name).inc()
             metrics.registry_up.labels(name).set(0)
             return
-        if self.registry_error is not None:
-            log.info("registry reachable again for %s@%s", name, self.alias)
-        self.registry_error = None
-        metrics.registry_up.labels(name).set(1)
+        self._registry_reachable()
+        self.alias_missing = None
         current = self.current
-        if version is None:
-            if not self.alias_missing:
-                log.warning(
-                    "no version of %s has alias %r%s",
-                    name,
-                    self.alias,
-                    "" if current is None else f"; still serving version {current.version}",
-                )
-            self.alias_missing = True
-            metrics.registry_polls.labels(name, "no_alias").inc()
-            return
-        self.alias_missing = False
         if current is not None and current.version == version:
             self.load_error = None  # the alias came back to what we serve: an older failure is moot
             metrics.registry_polls.labels(name, "unchanged").inc()
             return
         metrics.registry_polls.labels(name, "changed").inc()
         await self._load(version, current)
+
+    def _registry_reachable(self) -> None:
+        if self.registry_error is not None:
+            log.info("registry reachable again for %s@%s", self.name, self.alias)
+        self.registry_error = None
+        self.metrics.registry_up.labels(self.name).set(1)
 
     async def _load(self, version: str, previous: LoadedModel | None) -> None:
         name, metrics = self.name, self.metrics

@@ -20,9 +20,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.settings import PROMETHEUS_MULTIPROC_ENV
+
 log = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROC_ENV = PROMETHEUS_MULTIPROC_ENV
 #: Request latency buckets (seconds): dense below 10 ms, where a healthy prediction lands.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED_ROUTE = "<unmatched>"
@@ -113,6 +115,13 @@ class ServingMetrics:
             children = self._children[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
         children[0].inc()
         children[1].observe(seconds)
+
+    def close(self) -> None:
+        """On worker shutdown: drop this pid's live gauges from the merged view."""
+        if self.multiprocess_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
 
     def render(self) -> bytes:
         """The text exposition: this app's registry, or every worker's files in multiprocess mode."""

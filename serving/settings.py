@@ -11,8 +11,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-DEFAULT_MODELS: tuple[str, ...] = ("atmos_temperature",)
+from mlops_assets.constants import ATMOS_MODEL_NAME, DEFAULT_TRACKING_URI, INSURANCE_MODEL_NAME
+
+#: Both families the pipeline trains; `/ready` waits for a champion of each.
+DEFAULT_MODELS: tuple[str, ...] = (ATMOS_MODEL_NAME, INSURANCE_MODEL_NAME)
 MAX_BODY_BYTES = 1024 * 1024
+#: Where workers share Prometheus samples (prometheus_client's multiprocess mode).
+PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,8 @@ class ServingSettings:
         env = os.environ if environ is None else environ
         models = env.get("SERVING_MODELS")
         return cls(
-            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+            # The pipeline's embedded store by default, so `mlops-assets serve` finds what it trained.
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
             host=env.get("SERVING_HOST") or cls.host,
             port=_int(env, "SERVING_PORT", cls.port),
             poll_seconds=_float(env, "SERVING_POLL_SECONDS", cls.poll_seconds),

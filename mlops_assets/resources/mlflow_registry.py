@@ -19,9 +19,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
 from pydantic import Field
 
-from mlops_assets.constants import CHAMPION_ALIAS
+from mlops_assets.constants import CHAMPION_ALIAS, DEFAULT_TRACKING_URI
 
-DEFAULT_TRACKING_URI = "sqlite:///.mlops/mlflow.db"
 
 
 class TrackingServerUnavailable(RuntimeError):

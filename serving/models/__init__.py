@@ -1,7 +1,7 @@
 """What the generic service needs from one served model family, and where each one lives.
 
 A served model is one small module in this package exposing `MODEL: ModelModule`: the registered
-model name (also the route `/predict/<name>`), the request and response types, how to load a
+model name (also the route `/predict/<name>`, unless `route` says otherwise), the request and response types, how to load a
 registry version into an in-memory artifact, how to turn a decoded request into the estimator's
 input, and how to shape the estimator's output into the response. The cache, poller, routes,
 metrics and OpenAPI schema are generic over these modules.
@@ -27,6 +27,7 @@ OutputT = TypeVar("OutputT")
 #: Served model name -> module defining `MODEL`; imported only when the model is configured.
 MODULES: dict[str, str] = {
     "atmos_temperature": "serving.models.atmos_temperature",
+    "insurance_charges": "serving.models.insurance_charges",
 }
 
 
@@ -62,6 +63,12 @@ class ModelModule(Generic[ArtifactT, BodyT, InputT, OutputT]):
     description: str = ""
     #: Name -> example request body, shown in the interactive docs.
     examples: dict[str, Any] = field(default_factory=dict)
+    #: Path segment of `/predict/<route>` when it differs from the model name (kept from the old API).
+    route: str = ""
+
+    @property
+    def path(self) -> str:
+        return f"/predict/{self.route or self.name}"
 
 
 def get_module(name: str) -> ModelModule[Any, Any, Any, Any]:

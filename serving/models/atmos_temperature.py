@@ -2,12 +2,14 @@
 
 The input row is built by `mlops_assets.ml.forecast_features.feature_row`, the same code training
 uses, from the request and the loaded version's `FeatureSpec`; the estimator is called directly on
-that NumPy row (no pyfunc, no pandas: see bench/README.md for why).
+that NumPy row (no pyfunc, no pandas: see bench/README.md for why), or through an exact
+shortcut for plain linear models (`serving.models._sklearn`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -19,15 +21,23 @@ from mlops_assets.ml.forecast_features import HORIZON_HOURS, INPUT_HOURS, Featur
 from mlops_assets.ml.model_io import load_forecaster
 from serving.errors import InvalidInput
 from serving.models import ModelModule, ModelRef
+from serving.models._sklearn import Predict, predictor
 
 NAME = "atmos_temperature"
+log = logging.getLogger(__name__)
+
+#: Beyond any air temperature on record (-89.2 .. 56.7 °C): catches Kelvin/Fahrenheit mix-ups, and
+#: bounded inputs keep every forecast finite.
+Temperature = Annotated[float, msgspec.Meta(ge=-100.0, le=100.0)]
+#: Hourly weather variables (%, hPa, m/s, mm ...) are far inside this; it bounds the forecast too.
+CovariateValue = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6)]
 
 TimeSeries = Annotated[
-    list[float],
+    list[Temperature],
     msgspec.Meta(
         min_length=INPUT_HOURS,
         max_length=INPUT_HOURS,
-        description=f"The last {INPUT_HOURS} hourly temperatures (°C), oldest first.",
+        description=f"The last {INPUT_HOURS} hourly temperatures (°C, -100..100), oldest first.",
     ),
 ]
 
@@ -45,7 +55,7 @@ class AtmosTemperatureRequest(msgspec.Struct, forbid_unknown_fields=True):
     ) = None
     covariates: (
         Annotated[
-            dict[str, list[float]],
+            dict[str, list[CovariateValue]],
             msgspec.Meta(
                 description="Other hourly variables by name (e.g. `rh`), the last 24 hours each, oldest first. "
                 "Names the champion does not use are ignored."
@@ -73,10 +83,13 @@ class AtmosTemperatureResponse(msgspec.Struct):
 
 @dataclass(frozen=True)
 class Forecaster:
-    """A loaded version: the raw estimator and the inputs it was trained on."""
+    """A loaded version: the raw estimator, the inputs it was trained on, and how to call it."""
 
     estimator: Any
     spec: FeatureSpec
+    #: `estimator.predict` or an exact shortcut of it (see `serving.models._sklearn`).
+    predict: Predict
+    predict_path: str
 
 
 def load(model_uri: str) -> Forecaster:
@@ -88,7 +101,9 @@ def load(model_uri: str) -> Forecaster:
     probe = np.asarray(estimator.predict(np.zeros((1, spec.n_features))))
     if probe.shape != (1, HORIZON_HOURS):
         raise ValueError(f"{model_uri}: estimator answers shape {probe.shape}, the contract is (1, {HORIZON_HOURS})")
-    return Forecaster(estimator=estimator, spec=spec)
+    predict_fn, path = predictor(estimator, spec.n_features)
+    log.info("%s: %s with %s, called via %s", model_uri, type(estimator).__name__, spec, path)
+    return Forecaster(estimator=estimator, spec=spec, predict=predict_fn, predict_path=path)
 
 
 def build_input(forecaster: Forecaster, body: list[float] | AtmosTemperatureRequest) -> np.ndarray:
@@ -115,7 +130,7 @@ def build_input(forecaster: Forecaster, body: list[float] | AtmosTemperatureRequ
 
 
 def predict(forecaster: Forecaster, row: np.ndarray) -> np.ndarray:
-    return np.asarray(forecaster.estimator.predict(row))
+    return np.asarray(forecaster.predict(row))
 
 
 def shape_response(output: np.ndarray, model: ModelRef) -> AtmosTemperatureResponse:

@@ -1,0 +1,236 @@
+"""`serving.server.run` for real: uvicorn, two worker processes, real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from mlops_assets_tests.serving.support import MODEL, PATH, Store, Template, free_port, series
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    store: Store
+    log: Path
+
+
+def _metric_lines(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " ")]
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    """Stop a server we started, as Kubernetes does (SIGTERM to the main process); else kill its group."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+            raise
+    return process.returncode
+
+
+@pytest.fixture(scope="module")
+def live(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("live")
+    db = root / "mlflow.db"
+    shutil.copyfile(template.db, db)
+    store = Store(f"sqlite:///{db}", db, template.versions)
+    store.set_champion("1")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "PROMETHEUS_"))}
+    env.update(MLFLOW_TRACKING_URI=store.uri, SERVING_POLL_SECONDS="0.2", MLFLOW_DISABLE_TELEMETRY="true", SERVING_MODELS=MODEL)
+    log = root / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--port", str(port), "--workers", "2"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = LiveServer(f"http://127.0.0.1:{port}", port, process, store, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # ready once both workers export the loaded version
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                text = httpx.get(f"{server.url}/metrics", timeout=2).text
+                loaded = [l for l in _metric_lines(text, "serving_model_version") if l.endswith(" 1.0")]
+                if len(loaded) == 2:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield server
+    finally:
+        stop(process)
+
+
+def test_two_workers_answer_and_metrics_merge_across_them(live: LiveServer) -> None:
+    with httpx.Client(base_url=live.url, timeout=10) as client:
+        before = client.get("/metrics").text
+        for i in range(40):
+            response = client.put(PATH, json=series(i))
+            assert response.status_code == 200 and response.json()["model"]["version"] == "1"
+        text = client.get("/metrics").text
+    versions = _metric_lines(text, "serving_model_version")
+    assert len({re.search(r'pid="(\d+)"', l).group(1) for l in versions}) == 2, versions  # type: ignore[union-attr]
+    counted = f'serving_requests_total{{method="PUT",route="{PATH}",status="200"}}'
+
+    def total(t: str) -> float:
+        return sum(float(l.rsplit(" ", 1)[1]) for l in t.splitlines() if l.startswith(counted))
+
+    assert total(text) - total(before) == 40  # whichever worker answered, all are counted
+
+
+def test_chunked_body_over_the_limit_is_413(live: LiveServer) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit counts streamed bytes
+        for _ in range(20):
+            yield b" " * 65536
+        yield b"[]"
+
+    response = httpx.put(f"{live.url}{PATH}", content=chunks(), timeout=10)
+    assert response.status_code == 413 and response.json()["error"] == "body_too_large"
+
+
+def test_keep_alive_latency_has_no_nagle_stall(live: LiveServer) -> None:
+    """Small request, small response, same connection: no 40 ms delayed-ACK stall (TCP_NODELAY)."""
+    body = httpx.Request("PUT", "/", json=series()).content
+    connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+    timings = []
+    for _ in range(60):
+        start = time.perf_counter()
+        connection.request("PUT", PATH, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        timings.append(time.perf_counter() - start)
+        assert response.status == 200
+    connection.close()
+    assert statistics.median(timings[10:]) < 0.010, timings
+
+
+def test_hot_swap_under_load_on_two_workers(live: LiveServer) -> None:
+    stop_at = time.monotonic() + 30
+    failures: list[str] = []
+    first_new: list[float] = []
+    seen: dict[int, list[str]] = {}
+    swapped_at: list[float] = []
+
+    def hammer(i: int) -> None:
+        temps = series(i)
+        versions = seen.setdefault(i, [])
+        with httpx.Client(base_url=live.url, timeout=10) as client:
+            while time.monotonic() < stop_at and versions[-40:].count("3") < 40:
+                try:
+                    response = client.put(PATH, json=temps)
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    failures.append(response.text)
+                    continue
+                body = response.json()
+                version = body["model"]["version"]
+                if body["result"] != live.store.expected(version, np.asarray([temps]))[0].tolist():
+                    failures.append(f"version {version} answered with other numbers")
+                if version == "3" and not first_new:
+                    first_new.append(time.monotonic())
+                versions.append(version)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    swapped_at.append(time.monotonic())
+    live.store.set_champion("3")
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    for versions in seen.values():
+        assert versions[-40:] == ["3"] * 40, "did not settle on the new champion"
+        assert "1" in versions
+    # Per connection, a worker never goes back; across workers both may briefly differ.
+    assert first_new and first_new[0] - swapped_at[0] < 5.0
+    live.store.set_champion("1")  # leave the module's server as the other tests expect
+
+
+def test_sigterm_stops_the_workers(template: Template, tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(template.db, db)
+    port = free_port()
+    metrics_dir = tmp_path / "metrics"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "PROMETHEUS_"))}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{db}", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), SERVING_MODELS=MODEL)
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"stale")  # an earlier run's leftovers
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--port", str(port), "--workers", "2"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    assert not (metrics_dir / "counter_999999.db").exists()
+    assert "serving_requests_total" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert stop(process) == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("make", "nodelay"), [("tcp_socket", True), ("uvicorn_like", False)])
+async def test_only_an_ipproto_tcp_socket_gets_nodelay_on_asyncio(make: str, nodelay: bool) -> None:
+    """Why `tcp_socket` exists: asyncio sets TCP_NODELAY only when the socket's proto is TCP."""
+    import asyncio
+    import socket
+
+    from serving.server import tcp_socket
+
+    if make == "tcp_socket":
+        sock = tcp_socket("127.0.0.1", 0)
+    else:  # what uvicorn's Config.bind_socket does for --workers >= 2
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+    seen: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(handle, sock=sock)
+    async with server:
+        reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        await reader.read()
+        writer.close()
+    assert bool(seen[0]) is nodelay
