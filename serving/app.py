@@ -133,7 +133,7 @@ def _predict_handler(
         return Response(encode(answer), status_code=200, media_type=MediaType.JSON)
 
     # Annotations drive Litestar's docs; the body is decoded by hand (strict msgspec, our errors).
-    handler.__annotations__ = {"request": Request, "return": Response[module.response_type]}  # type: ignore[name-defined]
+    handler.__annotations__ = {"request": Request, "return": Response[module.response_type]}  # type: ignore[misc]
     handler.__name__ = handler.__qualname__ = f"predict_{module.name}"
 
     request_body = RequestBody(

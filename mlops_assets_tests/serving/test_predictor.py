@@ -41,6 +41,7 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     ],
     ids=lambda v: type(v).__name__ if not isinstance(v, str) else v,
 )
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # the Lasso's fit is beside the point
 def test_predictor_path_and_numbers(data: tuple[np.ndarray, np.ndarray], estimator: object, path: str) -> None:
     temps, target = data
     estimator.fit(temps, target)  # type: ignore[attr-defined]

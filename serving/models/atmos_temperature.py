@@ -97,7 +97,9 @@ def load(model_uri: str) -> Forecaster:
     estimator, spec = load_forecaster(model_uri)
     expected = getattr(estimator, "n_features_in_", spec.n_features)
     if expected != spec.n_features:
-        raise ValueError(f"{model_uri}: estimator takes {expected} features but its feature spec makes {spec.n_features}")
+        raise ValueError(
+            f"{model_uri}: estimator takes {expected} features but its feature spec makes {spec.n_features}"
+        )
     probe = np.asarray(estimator.predict(np.zeros((1, spec.n_features))))
     if probe.shape != (1, HORIZON_HOURS):
         raise ValueError(f"{model_uri}: estimator answers shape {probe.shape}, the contract is (1, {HORIZON_HOURS})")
@@ -123,7 +125,8 @@ def build_input(forecaster: Forecaster, body: list[float] | AtmosTemperatureRequ
     for name, values in used.items():
         if len(values) != spec.covariate_hours:
             raise InvalidInput(
-                f"covariate {name!r} must have {spec.covariate_hours} values (one per hour, oldest first), got {len(values)}",
+                f"covariate {name!r} must have {spec.covariate_hours} values (one per hour, oldest first), "
+                f"got {len(values)}",
                 f"$.covariates.{name}",
             )
     return feature_row(spec, body.time_series, body.last_observed_at if spec.needs_time else None, used or None)
