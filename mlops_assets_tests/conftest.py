@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,21 +35,29 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A fresh database on the real PostgreSQL for this test session, dropped afterwards."""
-    name = f"mlops_test_{uuid.uuid4().hex[:10]}"
+@contextmanager
+def _fresh_database(prefix: str) -> Iterator[str]:
+    """A new database on the real PostgreSQL, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
             connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
     except sa.exc.OperationalError as error:
         pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable (start it: see README): {error}")
-    url = sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the real PostgreSQL for this test session (warehouse, Dagster)."""
+    with _fresh_database("mlops_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -61,7 +70,7 @@ def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
     yield url
     engine = sa.create_engine(url)
     with engine.begin() as connection:
-        for table in ("atmos_observations", "atmos_features"):
+        for table in ("atmos_observations", "atmos_features", "insurance_policies"):
             connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     engine.dispose()
 
@@ -93,8 +102,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(postgres_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on the real PostgreSQL (job runner off: it costs ~3 GB)."""
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on its own PostgreSQL database (job runner off: it costs ~3 GB)."""
+    with _fresh_database("mlops_mlflow") as database:
+        yield from _run_mlflow_server(database, tmp_path_factory)
+
+
+def _run_mlflow_server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import subprocess
     import sys
     import time
@@ -106,7 +120,7 @@ def mlflow_server(postgres_database: str, tmp_path_factory: pytest.TempPathFacto
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [
         str(Path(sys.executable).parent / "mlflow"), "server",
-        "--backend-store-uri", postgres_database,
+        "--backend-store-uri", database,
         "--artifacts-destination", str(artifacts),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
