@@ -11,7 +11,7 @@ from sklearn.metrics import mean_absolute_error
 
 from mlops_assets.constants import CHAMPION_ALIAS, INSURANCE_GROUP, INSURANCE_MODEL_NAME
 from mlops_assets.insurance.policies import PolicySchemaError, validate_policies
-from mlops_assets.insurance.search import insurance_trial, median_baseline_mae, refit_insurance
+from mlops_assets.insurance.search import fit_and_score, insurance_trial, median_baseline_mae
 from mlops_assets.insurance.sources import PolicySource
 from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, TARGET, search_space, split_policies
 from mlops_assets.promotion.registry_promotion import Challenger, promote_if_better
@@ -108,17 +108,17 @@ def _search(
         tuning.settings(default_samples=default_samples),
         metric="val_mae",
         tracking_uri=registry.tracking_uri,
-        experiment_name=registry.client().get_experiment(experiment_id).name,
+        experiment_name=INSURANCE_EXPERIMENT,
         parent_run_id=parent_run_id,
         run_tags={"dagster_run_id": context.run_id, "pipeline": INSURANCE_MODEL_NAME},
         trainable_kwargs={"train": inner.train, "validation": inner.test},
     )
-    refit = refit_insurance(outcome.best.config, outer.train, outer.test)
+    refit = fit_and_score(outcome.best.config, outer.train, outer.test)  # refit on all of train, score test once
     baselines = {"median": median_baseline_mae(outer.train, outer.test)}
     example = outer.test[list(FEATURES)].head(1)
     mlflow.log_params({f"best_{k}": v for k, v in outcome.best.config.items()})
     mlflow.log_metrics(
-        {"test_mae": refit.test_mae, "test_r2": refit.test_r2, "best_val_mae": outcome.best.metrics["val_mae"], "test_mae_median": baselines["median"]}
+        {"test_mae": refit.mae, "test_r2": refit.r2, "best_val_mae": outcome.best.metrics["val_mae"], "test_mae_median": baselines["median"]}
     )
     model_info = mlflow.sklearn.log_model(
         sk_model=refit.model,
@@ -135,8 +135,8 @@ def _search(
             "trials": len(outcome.trials),
             "search_seconds": round(outcome.wall_seconds, 1),
             "val_mae": round(outcome.best.metrics["val_mae"], 1),
-            "test_mae": round(refit.test_mae, 1),
-            "test_r2": round(refit.test_r2, 4),
+            "test_mae": round(refit.mae, 1),
+            "test_r2": round(refit.r2, 4),
             "test_mae_median_baseline": round(baselines["median"], 1),
             "rows_train": len(outer.train),
             "rows_test": len(outer.test),
@@ -148,8 +148,8 @@ def _search(
         model_uri=model_info.model_uri,
         config=dict(outcome.best.config),
         val_mae=outcome.best.metrics["val_mae"],
-        test_mae=refit.test_mae,
-        test_r2=refit.test_r2,
+        test_mae=refit.mae,
+        test_r2=refit.r2,
         baselines=baselines,
         test=outer.test,
         trials=len(outcome.trials),

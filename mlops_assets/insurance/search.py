@@ -16,42 +16,31 @@ from threadpoolctl import threadpool_limits
 from mlops_assets.ml.insurance import FEATURES, TARGET, build_insurance_model
 
 
-def insurance_trial(config: dict[str, Any], train: pd.DataFrame, validation: pd.DataFrame) -> None:
-    """Fit on the training part of the training split, score the validation part."""
-    with threadpool_limits(1):
-        model = build_insurance_model(config)
-        began = time.perf_counter()
-        model.fit(train[list(FEATURES)], train[TARGET])
-        fit_seconds = time.perf_counter() - began
-        predictions = model.predict(validation[list(FEATURES)])
-    tune.report(
-        {
-            "val_mae": float(mean_absolute_error(validation[TARGET], predictions)),
-            "val_r2": float(r2_score(validation[TARGET], predictions)),
-            "fit_seconds": fit_seconds,
-        }
-    )
-
-
 @dataclass(frozen=True)
-class InsuranceRefit:
+class InsuranceFit:
     model: Pipeline
-    test_mae: float
-    test_r2: float
+    mae: float
+    r2: float
     fit_seconds: float
 
 
-def refit_insurance(config: dict[str, Any], train: pd.DataFrame, test: pd.DataFrame) -> InsuranceRefit:
-    """Refit on the whole training split (encoders included: never on test), score test once."""
+def fit_and_score(config: dict[str, Any], train: pd.DataFrame, holdout: pd.DataFrame) -> InsuranceFit:
+    """Fit a fresh pipeline (encoders included) on `train` only, score it once on `holdout`."""
     with threadpool_limits(1):
         model = build_insurance_model(config)
         began = time.perf_counter()
         model.fit(train[list(FEATURES)], train[TARGET])
         fit_seconds = time.perf_counter() - began
-        predictions = model.predict(test[list(FEATURES)])
-    return InsuranceRefit(
-        model, float(mean_absolute_error(test[TARGET], predictions)), float(r2_score(test[TARGET], predictions)), fit_seconds
+        predictions = model.predict(holdout[list(FEATURES)])
+    return InsuranceFit(
+        model, float(mean_absolute_error(holdout[TARGET], predictions)), float(r2_score(holdout[TARGET], predictions)), fit_seconds
     )
+
+
+def insurance_trial(config: dict[str, Any], train: pd.DataFrame, validation: pd.DataFrame) -> None:
+    """One trial: fit on the training part of the training split, report the validation scores."""
+    fit = fit_and_score(config, train, validation)
+    tune.report({"val_mae": fit.mae, "val_r2": fit.r2, "fit_seconds": fit.fit_seconds})
 
 
 def median_baseline_mae(train: pd.DataFrame, test: pd.DataFrame) -> float:

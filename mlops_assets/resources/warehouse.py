@@ -120,11 +120,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
     def replace_features(self, station: str, frame: pd.DataFrame) -> int:
         """Atomically replace the station's cleaned series."""
-        columns = ["station", "time", *VARIABLES, "interpolated"]
-        out = frame[columns].astype(object).where(frame[columns].notna(), None)
-        rows = out.to_dict(orient="records")
-        for row in rows:
-            row["time"] = row["time"].to_pydatetime()
+        rows = _records(frame[["station", "time", *VARIABLES, "interpolated"]])
         table = atmos_features
         with self._transaction() as connection:
             connection.execute(sa.delete(table).where(table.c.station == station))
@@ -148,11 +144,7 @@ class WarehouseResource(dg.ConfigurableResource):
     def replace_policies(self, source: str, frame: pd.DataFrame) -> int:
         """Atomically replace every row loaded earlier from `source` (a file path) with `frame`."""
         columns = [str(c.name) for c in insurance_policies.columns if c.name != "source"]
-        rows = [{"source": source, **row} for row in frame[columns].to_dict(orient="records")]
-        for row in rows:
-            for key, value in row.items():
-                if isinstance(value, np.generic):
-                    row[key] = value.item()
+        rows = [{"source": source, **row} for row in _records(frame[columns])]
         with self._transaction() as connection:
             connection.execute(sa.delete(insurance_policies).where(insurance_policies.c.source == source))
             if rows:
@@ -176,12 +168,12 @@ def _as_utc(values: pd.Series) -> pd.Series:
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, object]]:
-    """Rows as plain Python values (None for missing) that every DB driver accepts."""
-    out = frame.astype(object).where(frame.notna(), None)
-    rows = out.to_dict(orient="records")
+    """Rows as plain Python values (None for missing, datetime, int, float) every DB driver accepts."""
+    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     for row in rows:
-        row["time"] = row["time"].to_pydatetime()
-        for name in QC_COLUMNS:
-            if row[name] is not None:
-                row[name] = int(row[name])
+        for key, value in row.items():
+            if isinstance(value, pd.Timestamp):
+                row[key] = value.to_pydatetime()
+            elif isinstance(value, np.generic):
+                row[key] = value.item()
     return rows

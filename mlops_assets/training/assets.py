@@ -96,14 +96,13 @@ def _search_and_refit(
         default_samples=forecasters.QUICK_NUM_SAMPLES if quick else forecasters.DEFAULT_NUM_SAMPLES,
         max_iterations=TRIAL_ITERATIONS,
     )
-    experiment = registry.client().get_experiment(experiment_id).name
     outcome = run_search(
         forecaster_trial,
         space,
         settings,
         metric="val_mae",
         tracking_uri=registry.tracking_uri,
-        experiment_name=experiment,
+        experiment_name=ATMOS_EXPERIMENT,
         parent_run_id=parent_run_id,
         run_tags={"dagster_run_id": context.run_id, "pipeline": "atmos_temperature"},
         trainable_kwargs={"windows": windows},
@@ -127,7 +126,6 @@ def _search_and_refit(
         experiment_id=experiment_id,
         model_uri=model_info.model_uri,
         config=refit.config,
-        feature_spec=refit.spec.to_dict(),
         val_mae=outcome.best.metrics["val_mae"],
         test_mae=refit.test_mae,
         test_per_horizon_mae=[float(v) for v in refit.test_per_horizon_mae],

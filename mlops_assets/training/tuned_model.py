@@ -12,7 +12,6 @@ class TunedModel:
     experiment_id: str
     model_uri: str
     config: dict[str, Any]
-    feature_spec: dict[str, Any]
     val_mae: float
     test_mae: float
     test_per_horizon_mae: list[float]
