@@ -9,7 +9,10 @@ the source's own time zone: a daily partition is a day as the station's users se
 from __future__ import annotations
 
 import abc
+import csv
 import datetime as dt
+import io
+from collections.abc import Mapping
 from importlib import resources as importlib_resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -19,6 +22,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from mlops_assets.ingestion.csv_times import TimeValueError, parse_times
 from mlops_assets.ingestion.kma import KmaAsosClient
 from mlops_assets.ingestion.observations import VARIABLES, conform
 
@@ -120,14 +124,19 @@ def load_sample_observations(station: str) -> pd.DataFrame:
 
 
 class CsvObservationSource(ObservationSource):
-    """A user's own station history: a CSV with `time` and `tmp`, optionally the other variables.
+    """A user's own station history: a CSV with a time and a temperature column, optionally the others.
 
-    Times without an offset are read in `timezone`; values must already be in KMA units.
+    Times without an offset are read in `timezone`; values must already be in KMA units. Their
+    column names are mapped to ours with `columns` (ATMOS_CSV_COLUMNS), e.g. `time=Date,tmp=Temperature`.
     """
 
     path: str = Field(description="path to the CSV file")
     station_id: str = Field(default="csv", description="station identifier stored with the rows")
     time_zone: str = Field(default="UTC", description="IANA zone of naive times and of the partitions")
+    columns: str = Field(
+        default="",
+        description="our=their column names, comma-separated (e.g. 'time=Date,tmp=Temperature'); unmapped ones keep our names",
+    )
 
     @property
     def station(self) -> str:
@@ -137,43 +146,168 @@ class CsvObservationSource(ObservationSource):
     def timezone(self) -> str:
         return self.time_zone
 
+    @property
+    def column_mapping(self) -> dict[str, str]:
+        """`columns` parsed and validated (CsvColumnsError when it cannot be)."""
+        return parse_column_mapping(self.columns)
+
     def fetch(self, first_day: dt.date, last_day: dt.date) -> pd.DataFrame:
-        return _within(read_observations_csv(Path(self.path), self.station_id, self.time_zone), first_day, last_day, self.timezone)
+        frame = read_observations_csv(Path(self.path), self.station_id, self.time_zone, self.column_mapping)
+        return _within(frame, first_day, last_day, self.timezone)
 
 
 class CsvFormatError(ValueError):
-    """A user CSV that cannot be read; the message names the file, column and first bad row."""
+    """A user CSV that cannot be read; the message names the file, column, line and value."""
 
 
-def read_observations_csv(path: Path, station: str, timezone: str) -> pd.DataFrame:
-    """Read and validate a user CSV; raise CsvFormatError naming file, column and first bad row."""
-    if not path.is_file():
-        raise CsvFormatError(f"{path}: no such file")
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for required in ("time", "tmp"):
-        if required not in raw.columns:
-            raise CsvFormatError(f"{path}: required column {required!r} is missing (columns: {list(raw.columns)})")
-    # Line numbers as a user sees them in an editor: the header is line 1.
-    times = pd.to_datetime(raw["time"], errors="coerce", format="mixed")
-    bad = times.isna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise CsvFormatError(f"{path}: column 'time', line {row + 2}: cannot parse {raw['time'].iloc[row]!r} as a date-time")
-    if times.dt.tz is None:
-        times = times.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+class CsvColumnsError(CsvFormatError):
+    """ATMOS_CSV_COLUMNS cannot be parsed, or names a column of ours that does not exist."""
+
+
+#: Our column names: the time and the variables of `observations.VARIABLES` (KMA units).
+CSV_COLUMNS: tuple[str, ...] = ("time", *VARIABLES)
+REQUIRED_CSV_COLUMNS: tuple[str, ...] = ("time", "tmp")
+_MAPPING_EXAMPLE = "time=Date,tmp=Temperature"
+
+
+def parse_column_mapping(text: str) -> dict[str, str]:
+    """`"time=Date,tmp=Temperature"` -> `{"time": "Date", "tmp": "Temperature"}` (ours -> theirs).
+
+    Empty text maps nothing. Raises CsvColumnsError for an entry without `=`, an unknown name of
+    ours, or two entries for the same column (either side): each would silently read wrong data.
+    """
+    mapping: dict[str, str] = {}
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        ours, equals, theirs = (part.strip() for part in entry.partition("="))
+        if not equals or not ours or not theirs:
+            raise CsvColumnsError(f"ATMOS_CSV_COLUMNS: {entry.strip()!r} is not ours=theirs (e.g. {_MAPPING_EXAMPLE!r})")
+        if ours not in CSV_COLUMNS:
+            raise CsvColumnsError(f"ATMOS_CSV_COLUMNS: {ours!r} is not one of our columns ({', '.join(CSV_COLUMNS)}); write ours=theirs")
+        if ours in mapping:
+            raise CsvColumnsError(f"ATMOS_CSV_COLUMNS: {ours!r} is mapped twice ({mapping[ours]!r} and {theirs!r})")
+        taken = [name for name, column in mapping.items() if column == theirs]
+        if taken:
+            raise CsvColumnsError(f"ATMOS_CSV_COLUMNS: column {theirs!r} is mapped to both {taken[0]!r} and {ours!r}")
+        mapping[ours] = theirs
+    return mapping
+
+
+def read_observations_csv(
+    path: Path, station: str, timezone: str, columns: Mapping[str, str] | str | None = None
+) -> pd.DataFrame:
+    """Read and validate a user CSV into canonical observations (true UTC instants).
+
+    `columns` maps our names to the file's (a dict, or ATMOS_CSV_COLUMNS text); columns not
+    used, such as the unnamed index column pandas' `to_csv` writes, are ignored. Any problem is a
+    CsvFormatError naming the file, the column, the line as an editor shows it (header = 1) and
+    the value, so the run can fail at once instead of retrying.
+    """
+    mapping = parse_column_mapping(columns) if isinstance(columns, str) else dict(columns or {})
+    unknown = sorted(set(mapping) - set(CSV_COLUMNS))
+    if unknown:
+        raise CsvColumnsError(f"column mapping: {unknown} are not our columns ({', '.join(CSV_COLUMNS)})")
+    header, rows, lines = _read_csv_rows(path)
+    used = _resolve_columns(path, header, mapping)
+
+    def label(ours: str) -> str:
+        theirs = used[ours]
+        return repr(ours) if theirs == ours else f"{theirs!r} (our {ours!r})"
+
+    def values(ours: str) -> list[str]:
+        position = header.index(used[ours])
+        return [row[position].strip() for row in rows]
+
+    try:
+        times = parse_times(values("time"), timezone)
+    except TimeValueError as error:
+        raise CsvFormatError(f"{path}: column {label('time')}, line {lines[error.index]}: {error}") from error
     frame = pd.DataFrame({"station": station, "time": times})
     for name in VARIABLES:
-        if name not in raw.columns:
+        if name not in used:
             continue
-        text = raw[name].str.strip()
-        values = pd.to_numeric(text.mask(text.eq("")), errors="coerce")
-        bad = values.isna() & text.ne("")
+        text = pd.Series(values(name), dtype="string")
+        numbers = pd.to_numeric(text.mask(text.eq("")), errors="coerce")
+        bad = (numbers.isna() & text.ne("")).to_numpy()
         if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise CsvFormatError(f"{path}: column {name!r}, line {row + 2}: {raw[name].iloc[row]!r} is not a number")
-        frame[name] = values
-    frame = frame.dropna(subset=["time"]).drop_duplicates(subset=["time"], keep="first")
+            row = int(np.flatnonzero(bad)[0])
+            raise CsvFormatError(f"{path}: column {label(name)}, line {lines[row]}: {text.iloc[row]!r} is not a number")
+        frame[name] = numbers.astype("float64").to_numpy()
+    # A repeated instant (a copy-pasted block) keeps its first row, as the sample loader does.
+    frame = frame.drop_duplicates(subset=["time"], keep="first")
     return conform(frame)
+
+
+def _read_csv_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, data rows and each row's line number (1-based, header = 1; blank lines skipped).
+
+    UTF-8 (with or without the BOM Excel writes), falling back to Windows-1252 for files saved
+    by Windows tools (a `°C` in a header). Every row must have as many fields as the header.
+    """
+    if not path.is_file():
+        raise CsvFormatError(f"{path}: no such file")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    try:
+        for row in reader:
+            if not row or all(not field.strip() for field in row):
+                continue
+            if header is None:
+                header = [name.strip() or f"Unnamed: {position}" for position, name in enumerate(row)]
+                continue
+            if len(row) != len(header):
+                raise CsvFormatError(
+                    f"{path}: line {reader.line_num} has {len(row)} fields, the header has {len(header)} ({header})"
+                )
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as error:
+        raise CsvFormatError(f"{path}: line {reader.line_num}: {error}") from error
+    if header is None:
+        raise CsvFormatError(f"{path}: the file is empty (expected a header with at least time and tmp)")
+    if not rows:
+        raise CsvFormatError(f"{path}: the file has a header but no rows")
+    return header, rows, lines
+
+
+def _resolve_columns(path: Path, header: list[str], mapping: Mapping[str, str]) -> dict[str, str]:
+    """Which column of the file holds each of ours (ours -> theirs), for the ones present."""
+    claimed = set(mapping.values())
+    used: dict[str, str] = {}
+    for ours in CSV_COLUMNS:
+        if ours in mapping:
+            theirs = mapping[ours]
+            if theirs not in header:
+                raise CsvFormatError(
+                    f"{path}: column {theirs!r} (mapped to {ours!r} by ATMOS_CSV_COLUMNS) is missing; "
+                    f"the file's columns: {header}{_separator_hint(header)}"
+                )
+            used[ours] = theirs
+        elif ours in header and ours not in claimed:
+            used[ours] = ours
+        elif ours in REQUIRED_CSV_COLUMNS:
+            raise CsvFormatError(
+                f"{path}: required column {ours!r} is missing; the file's columns: {header}{_separator_hint(header)}. "
+                f"Name yours with ATMOS_CSV_COLUMNS, e.g. {_MAPPING_EXAMPLE!r}"
+            )
+    for ours, theirs in used.items():
+        if header.count(theirs) > 1:
+            raise CsvFormatError(f"{path}: column {theirs!r} (our {ours!r}) appears {header.count(theirs)} times in the header")
+    return used
+
+
+def _separator_hint(header: list[str]) -> str:
+    if len(header) == 1 and ";" in header[0]:
+        return " (the header holds ';': only comma-separated files are read)"
+    return ""
 
 
 class KmaObservationSource(ObservationSource):

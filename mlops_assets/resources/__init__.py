@@ -52,11 +52,15 @@ def build_observation_source(kind: str) -> ObservationSource:
         return SampleObservationSource(station_id=env_or_default("ATMOS_STATION", DEFAULT_STATIONS["sample"]))
     if kind == "csv":
         if not os.environ.get("ATMOS_CSV_PATH"):
-            raise ValueError("ATMOS_SOURCE=csv needs ATMOS_CSV_PATH (a CSV with at least 'time' and 'tmp')")
+            raise ValueError(
+                "ATMOS_SOURCE=csv needs ATMOS_CSV_PATH (a CSV with a time and a temperature column; "
+                "map other names with ATMOS_CSV_COLUMNS, e.g. time=Date,tmp=Temperature)"
+            )
         return CsvObservationSource(
             path=dg.EnvVar("ATMOS_CSV_PATH"),
             station_id=env_or_default("ATMOS_STATION", DEFAULT_STATIONS["csv"]),
             time_zone=env_or_default("ATMOS_TIMEZONE", "UTC"),
+            columns=env_or_default("ATMOS_CSV_COLUMNS", ""),
         )
     return KmaObservationSource(
         service_key=dg.EnvVar("KMA_SERVICE_KEY"),
