@@ -52,6 +52,9 @@ class Health(msgspec.Struct):
 
 
 class ModelStatus(msgspec.Struct):
+    #: loaded, no_champion (the registry says the alias does not exist), registry_unreachable,
+    #: load_failed, or loading (first load not finished).
+    state: str
     version: str | None
     alias: str
     loaded_at: float | None
@@ -123,13 +126,17 @@ def _predict_handler(
     decoder = msgspec.json.Decoder(module.request_type)
     encode = msgspec.json.Encoder().encode
     build_input, predict, shape_response = module.build_input, module.predict, module.shape_response
+    complete, uses_request = module.complete, module.response_uses_request
 
     async def handler(request: Request[Any, Any, Any]) -> Response[Any]:
         body = await request.body()  # Litestar answers 413 past request_max_body_size
         payload = _decode(decoder, body)
+        if complete is not None:
+            payload = complete(payload)
         loaded = await slot.get()  # one read: this request finishes on this version
         artifact = loaded.artifact
-        answer = shape_response(predict(artifact, build_input(artifact, payload)), loaded.ref)
+        output = predict(artifact, build_input(artifact, payload))
+        answer = shape_response(output, loaded.ref, payload) if uses_request else shape_response(output, loaded.ref)
         return Response(encode(answer), status_code=200, media_type=MediaType.JSON)
 
     # Annotations drive Litestar's docs; the body is decoded by hand (strict msgspec, our errors).
@@ -155,9 +162,11 @@ def _predict_handler(
         422: ResponseSpec(
             ErrorBody,
             description="JSON that is not a valid request: wrong length, not a number, NaN/Infinity, "
-            "missing field, or inputs the champion needs (`last_observed_at`, covariates).",
+            "missing field, or covariates the champion needs.",
         ),
-        503: ResponseSpec(ErrorBody, description="No version of the model is loaded yet; the body says why."),
+        503: ResponseSpec(
+            ErrorBody, description="No version of the model is loaded (the body names the model and says why)."
+        ),
     }
     guards = []
     security = None
@@ -279,13 +288,13 @@ def _operational_handlers(cache: ModelCache, metrics: ServingMetrics) -> list[HT
     @get(
         "/ready",
         tags=["operations"],
-        summary="A version is loaded for every configured model",
+        summary="Every configured model is loaded or has no champion, and at least one is loaded",
+        description="`models` gives each model's `state`; a model in state `no_champion` answers 503 on its "
+        "route while the others serve.",
         responses={503: ResponseSpec(Readiness, description="Not ready; `reasons` says why.")},
     )
     async def ready() -> Response[Readiness]:
-        reasons = [slot.unavailable_reason() for slot in cache.slots.values() if slot.current is None]
-        if (poller := cache.poller_error()) is not None:
-            reasons.append(poller)
+        reasons = cache.not_ready_reasons()
         body = Readiness(
             ready=not reasons,
             reasons=reasons,

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 #: get the last failure as their 503 at once instead of queueing behind a dead registry.
 FIRST_LOAD_RETRY_SECONDS = 1.0
 _NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+#: Slot states that let `/ready` answer 200 (given at least one model is loaded).
+_SETTLED = frozenset({"loaded", "no_champion"})
 
 
 class AliasNotFound(Exception):
@@ -115,11 +117,11 @@ class ModelSlot:
         if loaded is not None:
             return loaded
         if self._inflight is None and time.monotonic() - self._last_attempt < FIRST_LOAD_RETRY_SECONDS:
-            raise ModelUnavailable(self.unavailable_reason())
+            raise ModelUnavailable(self.unavailable_reason(), self.name)
         await self.refresh()
         loaded = self.current
         if loaded is None:
-            raise ModelUnavailable(self.unavailable_reason())
+            raise ModelUnavailable(self.unavailable_reason(), self.name)
         return loaded
 
     def refresh(self) -> Awaitable[None]:
@@ -146,9 +148,27 @@ class ModelSlot:
             why = "the first load has not finished yet"
         return f"no version of {self.name!r} is loaded: {why}"
 
+    @property
+    def state(self) -> str:
+        """One word for `/ready`: loaded, no_champion, registry_unreachable, load_failed or loading.
+
+        `no_champion` only when the registry answered that the alias does not exist; a registry
+        that cannot be reached says nothing about the champion.
+        """
+        if self.current is not None:
+            return "loaded"
+        if self.registry_error is not None:
+            return "registry_unreachable"
+        if self.load_error is not None:
+            return "load_failed"
+        if self.alias_missing is not None:
+            return "no_champion"
+        return "loading"
+
     def status(self) -> dict[str, Any]:
         current = self.current
         return {
+            "state": self.state,
             "version": None if current is None else current.version,
             "alias": self.alias,
             "loaded_at": None if current is None else current.loaded_at,
@@ -235,7 +255,24 @@ class ModelCache:
 
     @property
     def ready(self) -> bool:
-        return self.poller_error() is None and all(slot.current is not None for slot in self.slots.values())
+        return not self.not_ready_reasons()
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why `/ready` must answer 503; empty when ready.
+
+        Ready: every model is loaded or known (the registry answered) to have no champion, at
+        least one is loaded, and the poller runs. A model without a champion does not hold the
+        others back; its own route answers 503.
+        """
+        reasons = [slot.unavailable_reason() for slot in self.slots.values() if slot.state not in _SETTLED]
+        if not reasons and not any(slot.current is not None for slot in self.slots.values()):
+            reasons.append(
+                "no configured model has a version loaded: "
+                + "; ".join(slot.unavailable_reason() for slot in self.slots.values())
+            )
+        if (poller := self.poller_error()) is not None:
+            reasons.append(poller)
+        return reasons
 
     def poller_error(self) -> str | None:
         """Why the poller is not running, if it died (a bug: it handles registry failures itself)."""

@@ -28,6 +28,8 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
     detail: str
     #: JSON path of the offending input (`$.time_series[3]`), when one field is to blame.
     field: str | None = None
+    #: The served model the error is about (503s), so a client calling several knows which.
+    model: str | None = None
 
 
 class ServingError(Exception):
@@ -36,11 +38,18 @@ class ServingError(Exception):
     status_code: ClassVar[int] = HTTP_500_INTERNAL_SERVER_ERROR
     error: ClassVar[str] = "internal_error"
 
-    def __init__(self, detail: str, field: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        model: str | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.field = field
         self.headers = headers or {}
+        self.model = model
 
 
 class MalformedBody(ServingError):
@@ -73,8 +82,18 @@ class ModelUnavailable(ServingError):
     status_code = 503
     error = "model_unavailable"
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, headers={"Retry-After": "5"})
+    def __init__(self, detail: str, model: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "5"}, model=model)
+
+
+class DeadlineExceeded(ServingError):
+    """The request would wait longer for its prediction than `SERVING_DEADLINE_MS` allows."""
+
+    status_code = 503
+    error = "deadline_exceeded"
+
+    def __init__(self, detail: str, model: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"}, model=model)
 
 
 _LITESTAR_KINDS = {
@@ -101,7 +120,7 @@ def _json(body: ErrorBody, headers: dict[str, str] | None = None) -> Response[by
 
 
 def serving_error_handler(_: Request[Any, Any, Any], exc: ServingError) -> Response[bytes]:
-    return _json(ErrorBody(exc.status_code, exc.error, exc.detail, exc.field), exc.headers)
+    return _json(ErrorBody(exc.status_code, exc.error, exc.detail, exc.field, exc.model), exc.headers)
 
 
 def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:

@@ -9,6 +9,7 @@ Template versions of `atmos_temperature` (none has an alias in the template):
   2: ridge with calendar terms and the covariate `rh` (needs the object form of the request)
   3: ridge on the 72 temperatures, another fit (answers differ from version 1)
   4: an sklearn model logged without the forecaster's feature spec: loading it must fail
+  5: ridge with calendar terms only (like the `ridge_lags` family: no covariates)
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ def template(tmp_path_factory: pytest.TempPathFactory, _mlflow_env: None) -> Tem
             versions[v.version] = v
         broken = _register_broken(experiment_id)
         versions[broken.version] = broken
-    assert sorted(versions) == ["1", "2", "3", "4"], versions
+        calendar_only = _register(FeatureSpec(calendar=True), 5, experiment_id)
+        versions[calendar_only.version] = calendar_only
+    assert sorted(versions) == ["1", "2", "3", "4", "5"], versions
     return Template(db=db, versions=versions)
 
 

@@ -91,13 +91,11 @@ async def test_calendar_and_covariate_model(calendar_client: AsyncTestClient[Lit
 
 async def test_calendar_model_names_what_is_missing(calendar_client: AsyncTestClient[Litestar]) -> None:
     bare = await calendar_client.put(PATH, json=series())
-    assert_error(bare, 422, "invalid_input", "$", "last_observed_at", "rh")
+    body = assert_error(bare, 422, "invalid_input", "$", "covariates", "rh")
+    assert "last_observed_at" not in body["detail"].split(":")[0]  # the time is no longer required
 
     no_cov = {"time_series": series(), "last_observed_at": "2013-07-04T18:00:00Z"}
     assert_error(await calendar_client.put(PATH, json=no_cov), 422, "invalid_input", "$.covariates.rh", "rh")
-
-    no_time = {"time_series": series(), "covariates": {"rh": [1.0] * 24}}
-    assert_error(await calendar_client.put(PATH, json=no_time), 422, "invalid_input", "$.last_observed_at")
 
     naive = {**no_cov, "last_observed_at": "2013-07-04T18:00:00", "covariates": {"rh": [1.0] * 24}}
     assert_error(await calendar_client.put(PATH, json=naive), 422, "invalid_input", "$.last_observed_at", "timezone")
@@ -107,6 +105,66 @@ async def test_calendar_model_names_what_is_missing(calendar_client: AsyncTestCl
 
     not_number = {**no_cov, "covariates": {"rh": [1.0] * 23 + ["x"]}}
     assert_error(await calendar_client.put(PATH, json=not_number), 422, "invalid_input", None, "float")
+
+
+def _utc_hour(now: dt.datetime) -> dt.datetime:
+    return now.replace(minute=0, second=0, microsecond=0)
+
+
+def _hours_after(last: dt.datetime) -> list[str]:
+    return [(last + dt.timedelta(hours=h)).strftime("%Y-%m-%dT%H:%M:%SZ") for h in range(1, 25)]
+
+
+async def test_window_without_time_ends_at_the_latest_whole_utc_hour(
+    calendar_client: AsyncTestClient[Litestar], store: Store
+) -> None:
+    """The original real-time contract: no `last_observed_at` means "the window ends now"."""
+    temps, rh = series(3.0), [float(40 + i) for i in range(24)]
+    before = _utc_hour(dt.datetime.now(dt.timezone.utc))
+    response = await calendar_client.put(PATH, json={"time_series": temps, "covariates": {"rh": rh}})
+    after = _utc_hour(dt.datetime.now(dt.timezone.utc))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    # Read the hour the service used back from its answer (the clock may cross an hour meanwhile).
+    last = dt.datetime.fromisoformat(answer["hours"][0].replace("Z", "+00:00")) - dt.timedelta(hours=1)
+    assert last in {before, after} and last.minute == last.second == 0
+    assert answer["hours"] == _hours_after(last)
+    spec = store.versions["2"].spec
+    assert spec is not None
+    expected = store.expected("2", feature_row(spec, temps, last, {"rh": rh}))[0]
+    assert answer["result"] == expected.tolist()
+    assert answer["model"] == {"name": MODEL, "version": "2", "alias": ALIAS}
+
+
+async def test_bare_list_works_for_a_calendar_champion_without_covariates(
+    store: Store, make_app: Callable[..., Litestar]
+) -> None:
+    """A `ridge_lags`-like champion (calendar terms, no covariates) answers the old bare-list body."""
+    store.set_champion("5")
+    async with AsyncTestClient(make_app()) as c:
+        await wait_ready(c)
+        temps = series(-2.0)
+        before = _utc_hour(dt.datetime.now(dt.timezone.utc))
+        response = await c.put(PATH, json=temps)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        last = dt.datetime.fromisoformat(answer["hours"][0].replace("Z", "+00:00")) - dt.timedelta(hours=1)
+        assert before <= last <= _utc_hour(dt.datetime.now(dt.timezone.utc))
+        spec = store.versions["5"].spec
+        assert spec is not None and spec.calendar and not spec.covariates
+        assert answer["result"] == store.expected("5", feature_row(spec, temps, last))[0].tolist()
+        # Same body in the object form without a time: the same answer.
+        same = await c.put(PATH, json={"time_series": temps})
+        if same.json()["hours"] == answer["hours"]:
+            assert same.json()["result"] == answer["result"]
+
+
+async def test_hours_are_utc_after_the_given_last_observation(calendar_client: AsyncTestClient[Litestar]) -> None:
+    payload = {"time_series": series(), "last_observed_at": "2013-07-04T18:00:00-04:00", "covariates": {"rh": [50.0] * 24}}
+    answer = (await calendar_client.put(PATH, json=payload)).json()
+    assert answer["hours"][0] == "2013-07-04T23:00:00Z" and answer["hours"][-1] == "2013-07-05T22:00:00Z"
+    assert answer["hours"] == _hours_after(dt.datetime(2013, 7, 4, 22, tzinfo=dt.timezone.utc))
+    assert len(answer["result"]) == 24
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -172,10 +230,10 @@ async def test_implausible_temperatures_are_refused(client: AsyncTestClient[Lite
 def test_shape_response_refuses_non_finite_output() -> None:
     from serving.errors import InvalidInput
     from serving.models import ModelRef
-    from serving.models.atmos_temperature import shape_response
+    from serving.models.atmos_temperature import complete, shape_response
 
     with pytest.raises(InvalidInput, match="not finite"):
-        shape_response(np.array([[np.inf] + [0.0] * 23]), ModelRef(MODEL, "1", ALIAS))
+        shape_response(np.array([[np.inf] + [0.0] * 23]), ModelRef(MODEL, "1", ALIAS), complete(series()))
 
 
 async def test_unknown_route_and_method_are_json_errors(client: AsyncTestClient[Litestar]) -> None:

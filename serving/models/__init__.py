@@ -28,6 +28,7 @@ OutputT = TypeVar("OutputT")
 MODULES: dict[str, str] = {
     "atmos_temperature": "serving.models.atmos_temperature",
     "insurance_charges": "serving.models.insurance_charges",
+    "digit_classifier": "serving.models.digit_classifier",
 }
 
 
@@ -57,14 +58,21 @@ class ModelModule(Generic[ArtifactT, BodyT, InputT, OutputT]):
     build_input: Callable[[ArtifactT, BodyT], InputT]
     predict: Callable[[ArtifactT, InputT], OutputT]
     #: Estimator output + which version answered -> response body. Raises `InvalidInput` when the
-    #: output cannot be answered (e.g. not finite).
-    shape_response: Callable[[OutputT, ModelRef], msgspec.Struct]
+    #: output cannot be answered (e.g. not finite). Called with the completed body as a third
+    #: argument when `response_uses_request` is set.
+    shape_response: Callable[..., msgspec.Struct]
     #: Markdown for the OpenAPI operation.
     description: str = ""
     #: Name -> example request body, shown in the interactive docs.
     examples: dict[str, Any] = field(default_factory=dict)
     #: Path segment of `/predict/<route>` when it differs from the model name (kept from the old API).
     route: str = ""
+    #: Optional: decoded body -> the body with what it leaves implicit filled in (e.g. "now"),
+    #: computed once per request so that `build_input` and `shape_response` see the same value.
+    complete: Callable[[Any], BodyT] | None = None
+    #: When True, `shape_response(output, model_ref, body)` also gets the completed body (for
+    #: answers that echo the request, such as the forecast's hours).
+    response_uses_request: bool = False
 
     @property
     def path(self) -> str:

@@ -43,13 +43,17 @@ TimeSeries = Annotated[
 
 
 class AtmosTemperatureRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Object form of the request, needed when the champion uses calendar terms or covariates."""
+    """Object form of the request: needed for covariates, or to say when the window ends."""
 
     time_series: TimeSeries
     last_observed_at: (
         Annotated[
             dt.datetime,
-            msgspec.Meta(tz=True, description="Time of the last observed hour, ISO-8601 with a UTC offset."),
+            msgspec.Meta(
+                tz=True,
+                description="Time of the last observed hour, ISO-8601 with a UTC offset; "
+                "default: the latest whole UTC hour.",
+            ),
         ]
         | None
     ) = None
@@ -78,7 +82,50 @@ class AtmosTemperatureResponse(msgspec.Struct):
             description=f"Forecast temperatures (°C) for the next {HORIZON_HOURS} hours, nearest first.",
         ),
     ]
+    hours: Annotated[
+        list[str],
+        msgspec.Meta(
+            min_length=HORIZON_HOURS,
+            max_length=HORIZON_HOURS,
+            description="The UTC instants `result` forecasts (ISO-8601 with `Z`): the last observed hour "
+            "plus 1..24 hours.",
+        ),
+    ]
     model: ModelRef
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A request with its implicit parts made explicit (`complete`), read by `build_input` and the response."""
+
+    time_series: list[float]
+    #: UTC; the latest whole UTC hour when the request did not say (the original real-time contract).
+    last_observed_at: dt.datetime
+    covariates: dict[str, list[float]] | None
+    #: The request was the bare list (errors then point at `$`, not at a field it could not have).
+    bare: bool
+
+
+def complete(body: list[float] | AtmosTemperatureRequest, now: dt.datetime | None = None) -> Window:
+    """A window without `last_observed_at` ends at the latest whole UTC hour (`now` floored)."""
+    if isinstance(body, list):
+        return Window(body, latest_whole_hour(now), None, bare=True)
+    last = body.last_observed_at
+    last = latest_whole_hour(now) if last is None else last.astimezone(dt.timezone.utc)
+    return Window(body.time_series, last, body.covariates, bare=False)
+
+
+def latest_whole_hour(now: dt.datetime | None = None) -> dt.datetime:
+    now = dt.datetime.now(dt.timezone.utc) if now is None else now.astimezone(dt.timezone.utc)
+    return now.replace(minute=0, second=0, microsecond=0)
+
+
+def forecast_hours(last_observed_at: dt.datetime) -> list[str]:
+    """The 24 UTC instants after `last_observed_at`, as ISO-8601 with `Z`."""
+    return [
+        (last_observed_at + dt.timedelta(hours=h)).isoformat().replace("+00:00", "Z")
+        for h in range(1, HORIZON_HOURS + 1)
+    ]
 
 
 @dataclass(frozen=True)
@@ -108,19 +155,14 @@ def load(model_uri: str) -> Forecaster:
     return Forecaster(estimator=estimator, spec=spec, predict=predict_fn, predict_path=path)
 
 
-def build_input(forecaster: Forecaster, body: list[float] | AtmosTemperatureRequest) -> np.ndarray:
+def build_input(forecaster: Forecaster, window: Window) -> np.ndarray:
     """The (1, n_features) row; msgspec already guaranteed 72 finite numbers (JSON has no NaN)."""
     spec = forecaster.spec
-    if isinstance(body, list):
-        if spec.needs_time or spec.covariates:
-            raise InvalidInput(_needs_message(spec, missing_time=spec.needs_time, missing=list(spec.covariates)), "$")
-        return feature_row(spec, body)
-    missing_time = spec.needs_time and body.last_observed_at is None
-    given = body.covariates or {}
+    given = window.covariates or {}
     missing = [name for name in spec.covariates if name not in given]
-    if missing_time or missing:
-        field = "$.last_observed_at" if missing_time else f"$.covariates.{missing[0]}"
-        raise InvalidInput(_needs_message(spec, missing_time=missing_time, missing=missing), field)
+    if missing:
+        field = "$" if window.bare else f"$.covariates.{missing[0]}"
+        raise InvalidInput(_needs_message(spec, missing), field)
     used = {name: given[name] for name in spec.covariates}
     for name, values in used.items():
         if len(values) != spec.covariate_hours:
@@ -129,30 +171,25 @@ def build_input(forecaster: Forecaster, body: list[float] | AtmosTemperatureRequ
                 f"got {len(values)}",
                 f"$.covariates.{name}",
             )
-    return feature_row(spec, body.time_series, body.last_observed_at if spec.needs_time else None, used or None)
+    return feature_row(spec, window.time_series, window.last_observed_at if spec.needs_time else None, used or None)
 
 
-def predict(forecaster: Forecaster, row: np.ndarray) -> np.ndarray:
-    return np.asarray(forecaster.predict(row))
+def predict(forecaster: Forecaster, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(forecaster.predict(rows))
 
 
-def shape_response(output: np.ndarray, model: ModelRef) -> AtmosTemperatureResponse:
+def shape_response(output: np.ndarray, model: ModelRef, window: Window) -> AtmosTemperatureResponse:
     values = output[0]
     if not np.isfinite(values).all():
         # Finite but absurd inputs (1e308) can overflow a linear model: refuse rather than send null.
         raise InvalidInput("the inputs are outside the range this model can forecast from: the forecast is not finite")
-    return AtmosTemperatureResponse(result=values.tolist(), model=model)
+    return AtmosTemperatureResponse(result=values.tolist(), hours=forecast_hours(window.last_observed_at), model=model)
 
 
-def _needs_message(spec: FeatureSpec, *, missing_time: bool, missing: list[str]) -> str:
-    needs = []
-    if missing_time:
-        needs.append("`last_observed_at` (ISO-8601 with a UTC offset)")
-    if missing:
-        needs.append(f"`covariates` {missing} ({spec.covariate_hours} hourly values each)")
+def _needs_message(spec: FeatureSpec, missing: list[str]) -> str:
     return (
-        "the champion version needs " + " and ".join(needs) + ": send the object form "
-        '{"time_series": [72 numbers], "last_observed_at": ..., "covariates": {...}}'
+        f"the champion version needs `covariates` {missing} ({spec.covariate_hours} hourly values each): "
+        'send the object form {"time_series": [72 numbers], "last_observed_at": ..., "covariates": {...}}'
     )
 
 
@@ -160,7 +197,7 @@ def _example_series() -> list[float]:
     return [round(10.0 + 6.0 * math.sin(2 * math.pi * (h - 9) / 24), 2) for h in range(INPUT_HOURS)]
 
 
-MODEL: ModelModule[Forecaster, Any, np.ndarray, np.ndarray] = ModelModule(
+MODEL: ModelModule[Forecaster, Window, np.ndarray, np.ndarray] = ModelModule(
     name=NAME,
     request_type=RequestBody,
     response_type=AtmosTemperatureResponse,
@@ -168,10 +205,13 @@ MODEL: ModelModule[Forecaster, Any, np.ndarray, np.ndarray] = ModelModule(
     build_input=build_input,
     predict=predict,
     shape_response=shape_response,
+    complete=complete,
+    response_uses_request=True,
     description=(
         f"Forecast the next {HORIZON_HOURS} hourly temperatures from the last {INPUT_HOURS}. "
-        "Send a bare JSON list of 72 numbers, or the object form when the champion also uses the time "
-        "of the last observation (`last_observed_at`) or covariates: the error then names what is missing."
+        "Send a bare JSON list of 72 numbers, or the object form. Without `last_observed_at` the window "
+        "ends at the latest whole UTC hour (real-time use). Champions that use covariates need the object "
+        "form with them: the error names what is missing. `hours` in the answer gives the forecast's UTC hours."
     ),
     examples={
         "list": _example_series(),
