@@ -1,0 +1,266 @@
+"""The digits pipeline: image table -> Ray Tune search -> champion of `digit_classifier`.
+
+Nothing passes between assets as a pickle: images go through the warehouse table `digit_images`,
+the tuned model is a `TunedModel` (stored in its MLflow run by the `tuned_model_io_manager`), and
+the champion step rebuilds the holdout from the table and scores both models it compares.
+"""
+
+
+import base64
+import dataclasses
+import json
+from typing import Any
+
+import dagster as dg
+import mlflow
+import numpy as np
+from mlflow.models import infer_signature
+from pydantic import Field
+
+from mlops_assets.constants import CHAMPION_ALIAS, DIGITS_GROUP, DIGITS_MODEL_NAME
+from mlops_assets.digits.dataset import CLASSES, DigitsDataError, DigitsSplit, LabelledDigits, split_digits, validation_split
+from mlops_assets.digits.families import KNOWN_GOOD, SKOPS_TRUSTED_TYPES, baselines, error_rate, fixed_space, search_space
+from mlops_assets.digits.png import montage_png
+from mlops_assets.digits.search import digits_trial, fit_and_score
+from mlops_assets.digits.source import BUNDLED_SOURCE, DigitsSource
+from mlops_assets.digits.table import TABLE_NAME, read_digit_images, replace_digit_images
+from mlops_assets.promotion.registry_promotion import Challenger, promote_if_better
+from mlops_assets.resources.mlflow_registry import MlflowRegistry, TrackingServerUnavailable
+from mlops_assets.resources.warehouse import WarehouseResource
+from mlops_assets.training.resources import TuningResource
+from mlops_assets.training.tuned_model import TunedModel
+from mlops_assets.training.tuning import run_search
+
+DIGITS_EXPERIMENT = DIGITS_MODEL_NAME
+#: The lead's I/O manager that keeps a TunedModel in its MLflow run (resources/tuned_model_store.py).
+TUNED_MODEL_IO_MANAGER = "tuned_model_io_manager"
+METRIC = "test_error_rate"
+
+
+def _montage_markdown(images: np.ndarray, title: str) -> str:
+    encoded = base64.b64encode(montage_png(images)).decode("ascii")
+    return f"![{title}](data:image/png;base64,{encoded})"
+
+
+@dg.asset(
+    group_name=DIGITS_GROUP,
+    kinds={"python", "sql"},
+    owners=["team:vision"],
+    description=f"8x8 handwritten digits (bundled optdigits, or DIGITS_DATA_PATH), validated, in the warehouse table {TABLE_NAME}.",
+)
+def digit_images(digits_source: DigitsSource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    try:
+        digits = digits_source.load()
+    except DigitsDataError as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
+    stored = replace_digit_images(warehouse, digits_source.name, digits)
+    return dg.MaterializeResult(
+        metadata={
+            "source": digits_source.name,
+            "bundled_sample": dg.MetadataValue.bool(digits_source.name == BUNDLED_SOURCE),
+            "dagster/row_count": stored,
+            "images_per_digit": dg.MetadataValue.json({str(k): v for k, v in digits.class_counts().items()}),
+            "preview": dg.MetadataValue.md(_montage_markdown(digits.images[:30], "first 30 images")),
+        }
+    )
+
+
+class DigitsSearchConfig(dg.Config):
+    """Run configuration of the search (empty: the Ray Tune search)."""
+
+    fixed_config: str = Field(
+        default="",
+        description='JSON of one configuration to train instead of searching, e.g. {"family": "svc", "svc_c": 10, "svc_gamma": 0.1}',
+    )
+
+
+@dg.asset(
+    group_name=DIGITS_GROUP,
+    deps=[digit_images],
+    io_manager_key=TUNED_MODEL_IO_MANAGER,
+    automation_condition=dg.AutomationCondition.eager(),
+    kinds={"ray", "mlflow", "scikitlearn"},
+    owners=["team:vision"],
+    description="Ray Tune search over an RBF SVC, an MLP and NCA + kNN (stratified 75/25 seeded split); logs the model with its neighbour index.",
+)
+def digits_tuned_model(
+    context: dg.AssetExecutionContext,
+    config: DigitsSearchConfig,
+    warehouse: WarehouseResource,
+    tuning: TuningResource,
+    registry: MlflowRegistry,
+) -> TunedModel:
+    tags = {"dagster_run_id": context.run_id, "dagster_asset": "digits_tuned_model"}
+    fixed = _fixed_config(config.fixed_config)
+    split = _holdout(warehouse)
+    try:
+        with registry.parent_run(DIGITS_EXPERIMENT, f"digits_tuned_model {context.run_id[:8]}", tags) as parent:
+            return _search(context, split, fixed, tuning, registry, parent.info.run_id, parent.info.experiment_id)
+    except TrackingServerUnavailable as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
+
+
+def _fixed_config(text: str) -> dict[str, Any] | None:
+    if not text.strip():
+        return None
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise dg.Failure(f"fixed_config is not JSON: {error}", allow_retries=False) from None
+    if not isinstance(parsed, dict):
+        raise dg.Failure(f"fixed_config must be a JSON object, got {type(parsed).__name__}", allow_retries=False)
+    try:
+        fixed_space(parsed)
+    except ValueError as error:
+        raise dg.Failure(f"fixed_config: {error}", allow_retries=False) from None
+    return parsed
+
+
+def _holdout(warehouse: WarehouseResource) -> DigitsSplit:
+    """The seeded stratified split of the table as it is now (same table, same holdout)."""
+    try:
+        _, digits = read_digit_images(warehouse)
+        return split_digits(digits)
+    except (LookupError, DigitsDataError) as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
+
+
+def _search(
+    context: dg.AssetExecutionContext,
+    outer: DigitsSplit,
+    fixed: dict[str, Any] | None,
+    tuning: TuningResource,
+    registry: MlflowRegistry,
+    parent_run_id: str,
+    experiment_id: str,
+) -> TunedModel:
+    inner = validation_split(outer.train)  # validation for the search, carved from train only
+    if fixed is None:
+        space, default_samples = search_space(quick=tuning.search == "quick")
+        settings, points = tuning.settings(default_samples=default_samples), [dict(KNOWN_GOOD)]
+    else:
+        space, points = fixed_space(fixed), None
+        settings = dataclasses.replace(tuning.settings(default_samples=1), num_samples=1)
+    outcome = run_search(
+        digits_trial,
+        space,
+        settings,
+        metric="val_error_rate",
+        tracking_uri=registry.tracking_uri,
+        experiment_name=DIGITS_EXPERIMENT,
+        parent_run_id=parent_run_id,
+        run_tags={"dagster_run_id": context.run_id, "pipeline": DIGITS_MODEL_NAME},
+        trainable_kwargs={"train": inner.train, "validation": inner.test},
+        points_to_evaluate=points,
+    )
+    best_config = dict(outcome.best.config)
+    refit = fit_and_score(best_config, outer.train, outer.test)  # refit on all of train, score the holdout once
+    base = baselines(outer.train, outer.test)
+    val_error = outcome.best.metrics["val_error_rate"]
+    mlflow.log_params({f"best_{k}": v for k, v in best_config.items()})
+    mlflow.log_metrics(
+        {
+            METRIC: refit.error_rate,
+            "test_accuracy": refit.accuracy,
+            "best_val_error_rate": val_error,
+            **{f"{METRIC}_{name}": value for name, value in base.as_dict().items()},
+        }
+    )
+    example = outer.test.images[:1]
+    model_info = mlflow.sklearn.log_model(
+        sk_model=refit.model,
+        name="model",
+        signature=infer_signature(example, refit.model.predict(example)),
+        input_example=example,
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+    )
+    details = {
+        "test_accuracy": round(refit.accuracy, 4),
+        "val_accuracy": round(1 - val_error, 4),
+        "baseline_majority_accuracy": round(1 - base.majority, 4),
+        "baseline_knn3_raw_accuracy": round(1 - base.knn3_raw, 4),
+        "images_train": len(outer.train),
+        "images_test": len(outer.test),
+        "index_images": len(refit.model.index_labels_),
+    }
+    context.add_output_metadata(
+        {
+            "mlflow_run_id": parent_run_id,
+            "mlflow_run": dg.MetadataValue.url(registry.run_url(experiment_id, parent_run_id)),
+            "model_uri": model_info.model_uri,
+            "family": str(best_config.get("family")),
+            "config": dg.MetadataValue.json(best_config),
+            "trials": len(outcome.trials),
+            "search_seconds": round(outcome.wall_seconds, 1),
+            **details,
+        }
+    )
+    return TunedModel(
+        run_id=parent_run_id,
+        experiment_id=experiment_id,
+        model_uri=model_info.model_uri,
+        family=str(best_config.get("family")),
+        config=best_config,
+        metric=METRIC,
+        val_score=float(val_error),
+        test_score=refit.error_rate,
+        baselines=base.as_dict(),
+        details=details,
+        trials=len(outcome.trials),
+        search_seconds=round(outcome.wall_seconds, 2),
+    )
+
+
+def score_model(registry: MlflowRegistry, model_uri: str, holdout: LabelledDigits) -> float:
+    """Error rate of a logged or registered model on this holdout (stored scores are not trusted)."""
+    registry.activate()
+    try:
+        model = mlflow.sklearn.load_model(model_uri)
+        predicted = np.asarray(model.predict(holdout.images))
+    except Exception as error:  # a version that cannot load or predict cannot be compared: fail loudly
+        raise dg.Failure(f"{model_uri} cannot be scored on the digits holdout: {type(error).__name__}: {error}") from error
+    unknown = sorted({int(v) for v in np.unique(predicted)} - set(CLASSES))
+    if unknown:
+        raise dg.Failure(f"{model_uri} predicts labels {unknown} that are not digits")
+    return error_rate(predicted, holdout.labels)
+
+
+@dg.asset(
+    group_name=DIGITS_GROUP,
+    deps=[digit_images],
+    automation_condition=dg.AutomationCondition.eager(),
+    kinds={"mlflow"},
+    owners=["team:vision"],
+    description=f"Registers the challenger as a version of '{DIGITS_MODEL_NAME}'; moves '{CHAMPION_ALIAS}' only if its accuracy on the same holdout is higher.",
+)
+def digits_champion_model(
+    context: dg.AssetExecutionContext, digits_tuned_model: TunedModel, warehouse: WarehouseResource, registry: MlflowRegistry
+) -> dg.MaterializeResult:
+    tuned = digits_tuned_model
+    holdout = _holdout(warehouse)  # rebuilt from today's table: both models and the baselines see the same images
+    base = baselines(holdout.train, holdout.test).as_dict()
+    challenger = Challenger(
+        model_uri=tuned.model_uri,
+        run_id=tuned.run_id,
+        experiment_id=tuned.experiment_id,
+        score=score_model(registry, tuned.model_uri, holdout.test),
+        baselines=base,
+        tags={"val_error_rate": round(tuned.val_score, 4), "family": tuned.family, "dagster_run_id": context.run_id},
+    )
+    champion_scores: dict[str, float] = {}
+
+    def rescore(version: str) -> float:
+        champion_scores[version] = score_model(registry, f"models:/{DIGITS_MODEL_NAME}/{version}", holdout.test)
+        return champion_scores[version]
+
+    outcome = promote_if_better(registry, DIGITS_MODEL_NAME, challenger, rescore_champion=rescore, metric=METRIC)
+    context.log.info(f"{DIGITS_MODEL_NAME} v{outcome.registered_version}: {outcome.decision.reason}")
+    registry.tag_version(DIGITS_MODEL_NAME, outcome.registered_version, {"test_accuracy": round(1 - challenger.score, 4)})
+    metadata = outcome.metadata(registry, challenger, DIGITS_MODEL_NAME, METRIC)
+    metadata["challenger_test_accuracy"] = round(1 - challenger.score, 4)
+    metadata["champion_test_accuracy_same_holdout"] = (
+        round(1 - champion_scores[outcome.champion_before], 4) if outcome.champion_before in champion_scores else None
+    )
+    metadata.update({f"baseline_{name}_accuracy": round(1 - value, 4) for name, value in base.items()})
+    metadata["holdout_images"] = len(holdout.test)
+    return dg.MaterializeResult(metadata=metadata)
