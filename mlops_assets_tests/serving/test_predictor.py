@@ -1,4 +1,4 @@
-"""The exact linear shortcut: taken only where it gives `predict`'s numbers bit for bit."""
+"""The exact shortcuts (linear, compiled trees): taken only where they give `predict`'s numbers bit for bit."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def data() -> tuple[np.ndarray, np.ndarray]:
         (Ridge(fit_intercept=False), "linear"),
         (Lasso(alpha=0.1, max_iter=200), "predict"),  # its own decision function
         (_ShiftedRidge(), "predict"),  # predict overridden: never bypassed
-        (make_pipeline(StandardScaler(), Ridge()), "predict"),
-        (LastValueDelta(Ridge()), "predict"),
-        (LastValueDelta(MultiOutputRegressor(HistGradientBoostingRegressor(max_iter=5))), "predict"),
+        (make_pipeline(StandardScaler(), Ridge()), "compiled"),  # mlops_assets.ml.compiled_trees
+        (LastValueDelta(Ridge()), "compiled"),
+        (LastValueDelta(MultiOutputRegressor(HistGradientBoostingRegressor(max_iter=5))), "compiled"),
     ],
     ids=lambda v: type(v).__name__ if not isinstance(v, str) else v,
 )

@@ -3,8 +3,9 @@
 The registered model is a scikit-learn `Pipeline` (`encode` -> `model`, see
 `mlops_assets.ml.insurance`). Its fitted `ColumnTransformer` costs ~3.4 ms per single row, so the
 service encodes with `FastRowEncoder` (the same scaling and one-hot arithmetic on arrays) and
-calls the `model` step directly; at load time both paths must agree on probe rows, or the
-version is not swapped in.
+calls the `model` step through `serving.models._sklearn.predictor` (a gradient-boosting step is
+compiled to packed NumPy trees: ~30 us instead of ~3 ms per row; a ridge step becomes its
+arithmetic); at load time both paths must agree on probe rows, or the version is not swapped in.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 from mlops_assets.ml.insurance import CATEGORIES, FEATURES, FastRowEncoder, legacy_code
 from serving.errors import InvalidInput
 from serving.models import ModelModule, ModelRef
+from serving.models._sklearn import Predict, predictor
 
 NAME = "insurance_charges"
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ class ChargeModel:
     pipeline: Any
     encoder: FastRowEncoder
     model: Any
+    #: The `model` step's fastest exact call (`predictor`); None calls `model.predict`.
+    call: Predict | None = None
+    call_path: str = "predict"
 
 
 def load(model_uri: str) -> ChargeModel:
@@ -64,6 +69,7 @@ def load(model_uri: str) -> ChargeModel:
         raise ValueError(f"{model_uri}: expected a Pipeline with steps 'encode' and 'model', got {type(pipeline).__name__}")
     encoder = FastRowEncoder(steps["encode"])
     model = steps["model"]
+    call, call_path = predictor(model, encoder.width)
     probe = pd.DataFrame(
         [
             {"age": 19, "sex": "female", "bmi": 27.9, "children": 0, "smoker": "yes", "region": "southwest"},
@@ -72,11 +78,11 @@ def load(model_uri: str) -> ChargeModel:
         ]
     )[list(FEATURES)]
     expected = np.asarray(pipeline.predict(probe), dtype="float64")
-    fast = np.array([np.asarray(model.predict(encoder.encode(**row))).ravel()[0] for row in probe.to_dict(orient="records")])
+    fast = np.array([np.asarray(call(encoder.encode(**row))).ravel()[0] for row in probe.to_dict(orient="records")])
     if not np.allclose(fast, expected, rtol=1e-9, atol=1e-6):
         raise ValueError(f"{model_uri}: the fast encoding disagrees with the pipeline ({fast} vs {expected})")
-    log.info("%s: %s, fast encoding verified", model_uri, type(model).__name__)
-    return ChargeModel(pipeline=pipeline, encoder=encoder, model=model)
+    log.info("%s: %s via %s, fast encoding verified", model_uri, type(model).__name__, call_path)
+    return ChargeModel(pipeline=pipeline, encoder=encoder, model=model, call=call, call_path=call_path)
 
 
 def _category(field: str, value: str | int) -> str:
@@ -105,7 +111,8 @@ def build_input(model: ChargeModel, body: InsuranceRequest) -> np.ndarray:
 
 
 def predict(model: ChargeModel, row: np.ndarray) -> np.ndarray:
-    return np.asarray(model.model.predict(row), dtype="float64")
+    call = model.call if model.call is not None else model.model.predict
+    return np.asarray(call(row), dtype="float64")
 
 
 def shape_response(output: np.ndarray, model: ModelRef) -> InsuranceResponse:
