@@ -1,14 +1,18 @@
-"""`mlops-assets`: run the pipeline from a shell, without a Dagster daemon or webserver."""
+"""`mlops-assets`: run the pipeline from a shell; `dev` opens the UI on the same Dagster instance."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import os
+import shlex
+import signal
+import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -44,10 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     example = commands.add_parser("example-request", help="print a forecast request built from the stored data")
     example.add_argument("--model", default="atmos_temperature", help="registered model name")
 
+    dev = commands.add_parser("dev", help="start the Dagster UI and daemon (`dagster dev`) on the CLI's instance")
+    dev.add_argument("--host", default="127.0.0.1", help="address the webserver listens on")
+    dev.add_argument("--port", type=int, default=3000, help="webserver port")
+
     serve = commands.add_parser("serve", help="start the prediction service")
     serve.add_argument("--host", default=os.environ.get("SERVING_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("SERVING_PORT", "8000")))
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (2 uses both cores here)")
+    serve.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="worker processes (default: one per available core)")
     return parser
 
 
@@ -65,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mlops_assets.promotion.champion_cli import example_request
 
         return example_request(args.model)
+    if args.command == "dev":
+        return dev(args.host, args.port)
     if args.command == "serve":
         from serving.server import run
 
@@ -73,11 +83,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
-def _instance(scratch_dir: str) -> dg.DagsterInstance:
-    """The instance of DAGSTER_HOME, or a throw-away one in `scratch_dir` when it is unset."""
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
-    return dg.DagsterInstance.local_temp(scratch_dir)
+@contextmanager
+def _batched_event_writes() -> Iterator[None]:
+    """Let Dagster hand batches of asset events to the storage while the command runs.
+
+    Dagster reads DAGSTER_EVENT_BATCH_SIZE from the environment at each event; without it every
+    planned and every partition's materialization event is a separate write (bench/README.md).
+    Restored afterwards, so a caller's environment is left as it was.
+    """
+    from mlops_assets.instance import EVENT_BATCH_SIZE
+
+    if os.environ.get("DAGSTER_EVENT_BATCH_SIZE"):
+        yield
+        return
+    os.environ["DAGSTER_EVENT_BATCH_SIZE"] = EVENT_BATCH_SIZE
+    try:
+        yield
+    finally:
+        os.environ.pop("DAGSTER_EVENT_BATCH_SIZE", None)
 
 
 def materialize(selection_text: str, start: dt.date | None, end: dt.date | None) -> int:
@@ -114,19 +137,141 @@ def materialize(selection_text: str, start: dt.date | None, end: dt.date | None)
     )
     job = job_defs.resolve_job_def(CLI_JOB_NAME)
     print(f"materializing {len(keys)} assets: {', '.join(sorted(k.to_user_string() for k in keys))}", file=sys.stderr)
+    from mlops_assets.instance import open_instance
+
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="mlops-assets-") as scratch_dir, _instance(scratch_dir) as instance:
+    try:
+        instance = open_instance()
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    with instance, _batched_event_writes():
         result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
         return _report(result, time.monotonic() - began)
 
 
-SERVE_HINT = """
+def dev(host: str, port: int) -> int:
+    """Run `dagster dev` on the CLI's instance until SIGINT/SIGTERM; 0 after a clean stop.
+
+    The child gets its own session, so a Ctrl-C reaches it once (forwarded from here), and
+    SIGINT restored to the default: a child that inherits an ignored SIGINT never stops.
+    """
+    from mlops_assets.instance import EVENT_BATCH_SIZE, prepare_home
+
+    try:
+        home = prepare_home()
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    env.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
+    command = [str(Path(sys.executable).parent / "dagster"), "dev", "--host", host, "--port", str(port)]
+    if Path("workspace.yaml").is_file():
+        command += ["--workspace", "workspace.yaml"]
+    else:
+        command += ["--module-name", "mlops_assets.definitions"]
+    print(f"Dagster UI on http://{host}:{port} (instance {home}); Ctrl-C stops it", file=sys.stderr)
+    child = subprocess.Popen(
+        command, env=env, start_new_session=True, restore_signals=True, preexec_fn=_default_sigint
+    )
+    stop_requested: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stop_requested.append(signum)
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)  # dagster dev shuts its webserver and daemon down on SIGINT
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = _wait_for_child(child, stop_requested)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    if stop_requested:
+        return 0 if status in (0, -signal.SIGINT, 130) else 1
+    if status != 0:
+        print(f"error: dagster dev exited with status {status}", file=sys.stderr)
+    return 0 if status == 0 else 1
+
+
+#: How long `dagster dev` gets to stop its webserver and daemon before it is killed.
+DEV_STOP_SECONDS = 60.0
+
+
+def _wait_for_child(child: subprocess.Popen[bytes], stop_requested: list[int]) -> int:
+    """The child's exit status; kill its process group if it outlives a stop request too long."""
+    stop_deadline: float | None = None
+    while True:
+        try:
+            return child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        if stop_requested and stop_deadline is None:
+            stop_deadline = time.monotonic() + DEV_STOP_SECONDS
+        if stop_deadline is not None and time.monotonic() > stop_deadline:
+            print(f"error: dagster dev did not stop within {DEV_STOP_SECONDS:.0f} s: killed", file=sys.stderr)
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            return 1
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def command_prefix(argv0: str | None = None, executable: str | None = None, cwd: Path | None = None) -> str:
+    """How to run this CLI again from `cwd`, as it was run: `.venv/bin/mlops-assets`, not a bare name.
+
+    The console script as typed when it was called by a path; else the `mlops-assets` beside the
+    running interpreter (relative to `cwd` when inside it); else `python -m mlops_assets.cli`.
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    executable = sys.executable if executable is None else executable
+    cwd = Path.cwd() if cwd is None else cwd
+    if Path(argv0).name == "mlops-assets" and os.sep in argv0 and (cwd / argv0).is_file():
+        return shlex.quote(argv0)
+    script = Path(executable).parent / "mlops-assets"
+    if not script.is_file():
+        return f"{shlex.quote(executable)} -m mlops_assets.cli"
+    absolute = script.absolute()
+    try:
+        relative = absolute.relative_to(cwd.absolute())
+    except ValueError:
+        return shlex.quote(str(absolute))
+    return shlex.quote(str(relative) if os.sep in str(relative) else f".{os.sep}{relative}")
+
+
+def next_steps(prefix: str) -> str:
+    """The commands to run after a promotion, runnable as printed from the same folder."""
+    return f"""
 Serve the champions (reloads by itself when the alias moves):
-    mlops-assets serve --port 8000
-Ask for tomorrow's temperatures (the body holds the last 72 hours of the sample, and what the
+    {prefix} serve --port 8000
+Ask for tomorrow's temperatures (the body holds the last 72 hours of the stored data, and what the
 champion's features need):
-    mlops-assets example-request > request.json
-    curl -s -X PUT http://127.0.0.1:8000/predict/atmos_temperature -H 'Content-Type: application/json' -d @request.json"""
+    {prefix} example-request > request.json
+    curl -s -X PUT http://127.0.0.1:8000/predict/atmos_temperature -H 'Content-Type: application/json' -d @request.json
+See this run, its materializations, plots and checks in the Dagster UI (same instance):
+    {prefix} dev --port 3000"""
+
+
+#: Data-quality counts the closing summary reports, by asset: metadata key -> words.
+QUALITY_COUNTS: dict[str, dict[str, str]] = {
+    "raw_atmos_observations": {
+        "days_with_missing_hours": "days with missing hours",
+        "duplicate_hours_dropped": "duplicate hours dropped",
+    },
+    "atmos_features": {
+        "hours_filled": "hours filled",
+        "gaps_filled": "gaps filled",
+        "gaps_left": "gaps left",
+        "duplicate_hours_dropped": "duplicate hours dropped",
+    },
+    "insurance_policies": {"rows_rejected": "policy rows rejected"},
+}
+
 
 CHAMPION_ASSETS = {"atmos_champion_model": "atmos_temperature", "insurance_champion_model": "insurance_charges"}
 
@@ -155,18 +300,20 @@ def _report(result: dg.ExecuteInProcessResult, seconds: float) -> int:
     """Print a summary to stdout and failures to stderr; the exit status for the shell."""
     print(f"\nrun {result.run_id} finished in {seconds:.1f} s")
     partitions_by_asset: dict[str, int] = {}
-    rows_by_asset: dict[str, object] = {}
+    metadata_by_asset: dict[str, Mapping[str, object]] = {}
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         name = materialization.asset_key.to_user_string()
         partitions_by_asset[name] = partitions_by_asset.get(name, 0) + 1
-        row_count = materialization.metadata.get("dagster/row_count")
-        if row_count is not None:
-            rows_by_asset[name] = row_count.value
+        # A range materializes every partition with the same metadata: one copy tells it all.
+        metadata_by_asset[name] = {key: value.value for key, value in materialization.metadata.items()}
     for name, count in partitions_by_asset.items():
-        detail = f"{count} partitions, " if count > 1 else ""
-        detail += f"{rows_by_asset[name]} rows" if name in rows_by_asset else ""
-        print(f"  materialized {name}" + (f" ({detail.rstrip(', ')})" if detail else ""))
+        metadata = metadata_by_asset[name]
+        details = [f"{count} partitions"] if count > 1 else []
+        if "dagster/row_count" in metadata:
+            details.append(f"{metadata['dagster/row_count']} rows")
+        details += [f"{metadata[key]} {words}" for key, words in QUALITY_COUNTS.get(name, {}).items() if key in metadata]
+        print(f"  materialized {name}" + (f" ({', '.join(details)})" if details else ""))
     failed_checks = []
     for event in result.get_asset_check_evaluations():
         status = "passed" if event.passed else f"FAILED ({event.severity.value})"
@@ -177,7 +324,7 @@ def _report(result: dg.ExecuteInProcessResult, seconds: float) -> int:
     for name, line in summaries.items():
         print(f"  {name}: {line}")
     if summaries:
-        print(SERVE_HINT)
+        print(next_steps(command_prefix()))
     failures = [event for event in result.all_events if event.is_step_failure]
     for event in failures:
         error = event.step_failure_data.error

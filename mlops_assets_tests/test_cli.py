@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from mlops_assets.cli import main
+from mlops_assets.cli import command_prefix, main, next_steps
 from mlops_assets.resources.warehouse import WarehouseResource
 
 
@@ -14,7 +18,7 @@ def test_materialize_a_range_and_its_downstream_features(capsys: pytest.CaptureF
     status = main(["materialize", "--start", "2013-05-01", "--end", "2013-05-10", "--select", "raw_atmos_observations+"])
     out, err = capsys.readouterr()
     assert status == 0, err
-    assert "materialized raw_atmos_observations (10 partitions, 240 rows)" in out
+    assert "materialized raw_atmos_observations (10 partitions, 240 rows, 0 days with missing hours" in out
     assert "materialized atmos_features" in out
     assert "check atmos_features:schema passed" in out
     assert len(WarehouseResource().read_observations("JFK")) == 240  # the embedded default under ./.mlops
@@ -69,3 +73,110 @@ def test_the_production_instance_config_stores_runs_in_postgres(
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert instance.get_materialized_partitions(dg.AssetKey("raw_atmos_observations")) == {"2013-05-01", "2013-05-02"}
+
+
+# --- The real CLI (a subprocess) and the instance it shares with the UI -----------------------
+
+CLI = str(Path(sys.executable).parent / "mlops-assets")
+
+
+def _run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_materialize_keeps_runs_events_and_checks_in_the_embedded_instance(tmp_path: Path) -> None:
+    import dagster as dg
+
+    first = _run_cli("materialize", "--start", "2013-05-01", "--end", "2013-05-05", "--select", "raw_atmos_observations+", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _run_cli("materialize", "--start", "2013-05-06", "--end", "2013-05-06", "--select", "raw_atmos_observations", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    home = tmp_path / ".mlops" / "dagster"
+    assert "telemetry" in (home / "dagster.yaml").read_text()
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+        assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS] * 2  # both commands, one instance
+        first_run = runs[-1]
+        assert first_run.run_id in first.stdout
+        assert instance.get_materialized_partitions(dg.AssetKey("raw_atmos_observations")) == {
+            f"2013-05-0{day}" for day in range(1, 7)
+        }
+        features = instance.get_latest_materialization_event(dg.AssetKey("atmos_features"))
+        assert features is not None and features.run_id == first_run.run_id
+        metadata = features.asset_materialization.metadata
+        assert metadata["dagster/row_count"].value == 120
+        assert "data:image/png;base64," in metadata["plot"].value  # the plot the UI shows
+        logs = instance.all_logs(first_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        checks = {entry.dagster_event.event_specific_data.check_name: entry.dagster_event.event_specific_data.passed for entry in logs}
+        assert checks == dict.fromkeys(
+            ["schema", "one_row_per_hour", "physical_ranges", "missing_rate", "freshness", "drift"], True
+        )
+        planned = instance.all_logs(first_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+        assert {entry.dagster_event.partition for entry in planned if entry.dagster_event.asset_key.path == ["raw_atmos_observations"]} == {
+            f"2013-05-0{day}" for day in range(1, 6)
+        }
+
+
+def test_materialize_uses_dagster_home_when_it_is_set(tmp_path: Path) -> None:
+    import dagster as dg
+
+    home = tmp_path / "home"
+    home.mkdir()
+    done = _run_cli(
+        "materialize", "--start", "2013-05-01", "--end", "2013-05-01", "--select", "raw_atmos_observations",
+        cwd=tmp_path, env={"DAGSTER_HOME": str(home)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / ".mlops" / "dagster").exists()
+    assert not (home / "dagster.yaml").exists()  # the user's folder is used as it is
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_materialized_partitions(dg.AssetKey("raw_atmos_observations")) == {"2013-05-01"}
+
+    missing = _run_cli("materialize", "--select", "group:insurance", cwd=tmp_path, env={"DAGSTER_HOME": str(tmp_path / "nope")})
+    assert missing.returncode == 2
+    assert "is not a directory" in missing.stderr
+
+
+def test_the_summary_reports_rejected_policy_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    policies = tmp_path / "policies.csv"
+    policies.write_text(
+        "age,sex,bmi,children,smoker,region,charges\n"
+        "30,female,25.0,1,no,northeast,4000.5\n"
+        "200,male,25.0,0,no,northwest,3000\n"  # age out of range: rejected
+        "45,male,31.2,2,yes,southeast,30000\n"
+    )
+    monkeypatch.setenv("INSURANCE_CSV_PATH", str(policies))
+    assert main(["materialize", "--select", "insurance_policies"]) == 0
+    assert "materialized insurance_policies (2 rows, 1 policy rows rejected)" in capsys.readouterr().out
+
+
+def test_next_steps_are_printed_as_the_command_was_run(tmp_path: Path) -> None:
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "mlops-assets").write_text("#!/bin/sh\n")
+    (venv_bin / "python").write_text("")
+    assert command_prefix(".venv/bin/mlops-assets", str(venv_bin / "python"), tmp_path) == ".venv/bin/mlops-assets"
+    # Called by name from PATH, or as a module: the script beside the interpreter, relative to here.
+    assert command_prefix("mlops-assets", str(venv_bin / "python"), tmp_path) == ".venv/bin/mlops-assets"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert command_prefix("/x/cli.py", str(venv_bin / "python"), elsewhere) == str(venv_bin / "mlops-assets")
+    assert command_prefix("/x/cli.py", "/opt/py/bin/python3", tmp_path) == "/opt/py/bin/python3 -m mlops_assets.cli"
+    steps = next_steps(".venv/bin/mlops-assets")
+    assert "    .venv/bin/mlops-assets serve --port 8000" in steps
+    assert "    .venv/bin/mlops-assets example-request > request.json" in steps
+    assert "    .venv/bin/mlops-assets dev --port 3000" in steps
+    assert "\n    mlops-assets" not in steps
+
+
+def test_the_printed_prefix_runs(tmp_path: Path) -> None:
+    """The prefix the real CLI computes for itself starts the CLI from the same folder."""
+    prefix = subprocess.run(
+        [sys.executable, "-c", "from mlops_assets.cli import command_prefix; print(command_prefix())"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    done = subprocess.run([*shlex.split(prefix), "--help"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "materialize" in done.stdout
