@@ -249,6 +249,23 @@ class CompiledModel:
         return self.predict(X)
 
 
+#: Turns packed boosters into a function rows -> (n_rows, n_boosters), like `PackedTrees.predict`.
+TreeBackend = Callable[[PackedTrees], Callable[[np.ndarray], np.ndarray]]
+
+
+@dataclass
+class _Build:
+    """What one compilation carries down the estimator tree: the tree evaluator and a tree count."""
+
+    backend: TreeBackend | None
+    n_trees: int = 0
+
+    def pack(self, boosters: Sequence[Any]) -> tuple[Callable[[np.ndarray], np.ndarray], PackedTrees]:
+        packed = PackedTrees.from_boosters(boosters)
+        self.n_trees += sum(len(b._predictors) for b in boosters)
+        return (packed.predict if self.backend is None else self.backend(packed)), packed
+
+
 def compile_model(estimator: Any) -> CompiledModel | None:
     """The packed equivalent of `estimator.predict`, or None when any part is not supported."""
     try:
@@ -257,11 +274,16 @@ def compile_model(estimator: Any) -> CompiledModel | None:
         return None
 
 
-def compile_or_raise(estimator: Any) -> CompiledModel:
-    """Like `compile_model`, but raises `NotCompilable` saying which part is not supported (for logs)."""
-    counter = [0]
-    predict, description = _compile_predictor(estimator, counter)
-    return CompiledModel(predict=predict, description=description, n_trees=counter[0])
+def compile_or_raise(estimator: Any, trees: TreeBackend | None = None) -> CompiledModel:
+    """Like `compile_model`, but raises `NotCompilable` saying which part is not supported (for logs).
+
+    `trees` replaces `PackedTrees.predict` as the evaluator of each group of boosters (e.g. an
+    ONNX Runtime session built from the packed arrays, see bench/serving/predict_cost.py); it gets
+    the `PackedTrees` and returns a function with the same contract.
+    """
+    build = _Build(trees)
+    predict, description = _compile_predictor(estimator, build)
+    return CompiledModel(predict=predict, description=description, n_trees=build.n_trees)
 
 
 def parity_report(model: Any, compiled: Callable[[Any], np.ndarray], X: Any) -> dict[str, Any]:
@@ -290,7 +312,7 @@ def parity_report(model: Any, compiled: Callable[[Any], np.ndarray], X: Any) -> 
     }
 
 
-def _compile_predictor(estimator: Any, counter: list[int]) -> tuple[Transform, str]:
+def _compile_predictor(estimator: Any, build: _Build) -> tuple[Transform, str]:
     """A function computing `estimator.predict` and a short description."""
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.multioutput import MultiOutputRegressor
@@ -300,20 +322,20 @@ def _compile_predictor(estimator: Any, counter: list[int]) -> tuple[Transform, s
 
     kind = type(estimator)
     if kind is HistGradientBoostingRegressor:
-        packed = _pack([estimator], counter)
+        evaluate, packed = build.pack([estimator])
 
         def booster(X: Any) -> np.ndarray:
-            return packed.predict(X)[:, 0]
+            return evaluate(_rows(X, packed.n_features))[:, 0]
 
         return booster, f"HGB({packed.n_trees} trees, depth {packed.depth})"
     if kind is MultiOutputRegressor:
-        return _compile_multi_output(estimator, counter)
+        return _compile_multi_output(estimator, build)
     if kind is Pipeline:
-        return _compile_pipeline(estimator, counter)
+        return _compile_pipeline(estimator, build)
     if kind is ResidualBoost:
-        return _compile_residual_boost(estimator, counter)
+        return _compile_residual_boost(estimator, build)
     if kind is LastValueDelta:
-        inner, text = _compile_predictor(estimator.estimator_, counter)
+        inner, text = _compile_predictor(estimator.estimator_, build)
         last_column = int(estimator.last_column)
         relative = estimator._relative
 
@@ -333,20 +355,18 @@ def _compile_predictor(estimator: Any, counter: list[int]) -> tuple[Transform, s
     raise NotCompilable(f"{kind.__module__}.{kind.__name__} is not supported")
 
 
-def _pack(boosters: Sequence[Any], counter: list[int]) -> PackedTrees:
-    packed = PackedTrees.from_boosters(boosters)
-    counter[0] += sum(len(b._predictors) for b in boosters)
-    return packed
-
-
-def _compile_multi_output(estimator: Any, counter: list[int]) -> tuple[Transform, str]:
+def _compile_multi_output(estimator: Any, build: _Build) -> tuple[Transform, str]:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     members = list(estimator.estimators_)
     if members and all(type(m) is HistGradientBoostingRegressor for m in members):
-        packed = _pack(members, counter)
-        return packed.predict, f"MultiOutput({len(members)}x{packed.n_trees} trees, depth {packed.depth})"
-    parts = [_compile_predictor(m, counter) for m in members]
+        evaluate, packed = build.pack(members)
+
+        def multi_output_trees(X: Any) -> np.ndarray:
+            return evaluate(_rows(X, packed.n_features))
+
+        return multi_output_trees, f"MultiOutput({len(members)}x{packed.n_trees} trees, depth {packed.depth})"
+    parts = [_compile_predictor(m, build) for m in members]
     functions = [f for f, _ in parts]
 
     def multi_output(X: Any) -> np.ndarray:
@@ -355,16 +375,16 @@ def _compile_multi_output(estimator: Any, counter: list[int]) -> tuple[Transform
     return multi_output, f"MultiOutput({', '.join(sorted({t for _, t in parts}))})"
 
 
-def _compile_residual_boost(estimator: Any, counter: list[int]) -> tuple[Transform, str]:
-    base, base_text = _compile_predictor(estimator.base_, counter)
+def _compile_residual_boost(estimator: Any, build: _Build) -> tuple[Transform, str]:
+    base, base_text = _compile_predictor(estimator.base_, build)
     features = None if estimator.features_ is None else _compile_transformer(estimator.features_)[0]
-    packed = _pack(estimator.boosters_, counter)
+    evaluate, packed = build.pack(estimator.boosters_)
     inverse = _pca_inverse(estimator.pca_)
 
     def residual_boost(X: Any) -> np.ndarray:
         X = _rows(X, None)
         inputs = X if features is None else features(X)
-        correction = packed.predict(inputs)
+        correction = evaluate(_rows(inputs, packed.n_features))
         return np.asarray(base(X)).reshape(len(X), -1) + inverse(correction)
 
     text = f"ResidualBoost({base_text}, {packed.n_boosters}x{packed.n_trees} trees, depth {packed.depth})"
@@ -388,12 +408,12 @@ def _pca_inverse(pca: Any) -> Transform:
     return inverse
 
 
-def _compile_pipeline(pipeline: Any, counter: list[int]) -> tuple[Transform, str]:
+def _compile_pipeline(pipeline: Any, build: _Build) -> tuple[Transform, str]:
     steps = [(name, step) for name, step in pipeline.steps if step is not None and step != "passthrough"]
     if not steps:
         raise NotCompilable("the pipeline has no final estimator")
     transforms = [_compile_transformer(step) for _, step in steps[:-1]]
-    final, final_text = _compile_predictor(steps[-1][1], counter)
+    final, final_text = _compile_predictor(steps[-1][1], build)
     functions = [f for f, _ in transforms]
 
     def pipeline_predict(X: Any) -> np.ndarray:
