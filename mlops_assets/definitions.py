@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from mlops_assets.automation import automation_sensor
 from mlops_assets.features.assets import atmos_features
 from mlops_assets.features.checks import atmos_features_checks
 from mlops_assets.ingestion.assets import raw_atmos_observations
@@ -41,6 +42,7 @@ def defs() -> dg.Definitions:
             insurance_tuned_model_beats_baseline,
         ],
         jobs=[atmos_ingestion_job, atmos_training_job],
+        sensors=[automation_sensor],
         schedules=[build_ingestion_schedule(running=source_kind == "kma"), atmos_weekly_retraining_schedule],
         resources=build_resources(),
     )

@@ -18,6 +18,7 @@ from mlops_assets.ingestion.assets import raw_atmos_observations
 from mlops_assets.ingestion.sources import SampleObservationSource
 from mlops_assets.promotion.assets import atmos_champion_model
 from mlops_assets.promotion.checks import atmos_champion_serves, atmos_tuned_model_beats_baselines
+from mlops_assets.resources import mlflow_resources
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.assets import atmos_training_windows, atmos_tuned_model
@@ -34,7 +35,7 @@ def _resources(tmp_path: Path, tracking_uri: str) -> dict[str, object]:
     return {
         "source": SampleObservationSource(),
         "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}"),
-        "registry": MlflowRegistry(tracking_uri=tracking_uri),
+        **mlflow_resources(MlflowRegistry(tracking_uri=tracking_uri)),
         "tuning": TuningResource(search="quick"),
     }
 
@@ -64,7 +65,7 @@ def test_search_promotes_then_refuses_an_equal_model_then_rolls_back(
     metadata = first.asset_materializations_for_node("atmos_champion_model")[0].metadata
     assert metadata["decision"].value == "promoted" and metadata["champion_version"].value == 1
     tuned = first.output_for_node("atmos_tuned_model")
-    assert tuned.test_mae < tuned.baselines["persistence"] and tuned.test_mae < tuned.baselines["seasonal_naive"]
+    assert tuned.test_score < tuned.baselines["persistence"] and tuned.test_score < tuned.baselines["seasonal_naive"]
 
     client = mlflow.MlflowClient(mlflow_uri)
     version = client.get_model_version_by_alias(ATMOS_MODEL_NAME, "champion")
@@ -135,7 +136,7 @@ def test_new_features_trigger_retraining_through_automation(ingested: dict[str, 
 def test_the_search_and_promotion_work_against_a_tracking_server_on_postgres(
     ingested: dict[str, object], tmp_path: Path, instance: dg.DagsterInstance, mlflow_server: str
 ) -> None:
-    resources = {**ingested, "registry": MlflowRegistry(tracking_uri=mlflow_server)}
+    resources = {**ingested, **mlflow_resources(MlflowRegistry(tracking_uri=mlflow_server))}
     result = _train(resources, instance)
     metadata = result.asset_materializations_for_node("atmos_champion_model")[0].metadata
     assert metadata["decision"].value == "promoted"

@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 
+from mlops_assets.automation import ON_NEW_PARTITIONS
 from mlops_assets.constants import ATMOS_GROUP
 from mlops_assets.features.cleaning import clean_observations
 from mlops_assets.ingestion.assets import raw_atmos_observations
@@ -14,7 +15,7 @@ from mlops_assets.resources.warehouse import WarehouseResource
 @dg.asset(
     group_name=ATMOS_GROUP,
     deps=[raw_atmos_observations],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=ON_NEW_PARTITIONS,
     kinds={"pandas", "sql"},
     owners=["team:forecasting"],
     description="Hourly grid, short gaps interpolated and flagged, impossible values removed.",

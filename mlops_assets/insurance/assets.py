@@ -1,8 +1,5 @@
 """The insurance pipeline: policies table -> Ray Tune search -> champion of `insurance_charges`."""
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import dagster as dg
 import mlflow
 import pandas as pd
@@ -13,11 +10,13 @@ from mlops_assets.constants import CHAMPION_ALIAS, INSURANCE_GROUP, INSURANCE_MO
 from mlops_assets.insurance.policies import PolicySchemaError, validate_policies
 from mlops_assets.insurance.search import fit_and_score, insurance_trial, median_baseline_mae
 from mlops_assets.insurance.sources import PolicySource
-from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, TARGET, search_space, split_policies
-from mlops_assets.promotion.registry_promotion import Challenger, promote_if_better
-from mlops_assets.resources.mlflow_registry import MlflowRegistry, TrackingServerUnavailable
+from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, TARGET, Split, search_space, split_policies
+from mlops_assets.promotion.registry_promotion import promote_tuned_model
+from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.resources import TuningResource
+from mlops_assets.training.tuned_model import TunedModel
 from mlops_assets.training.tuning import run_search
 
 MAX_REJECTED_SHOWN = 20
@@ -57,23 +56,18 @@ def insurance_policies(policy_source: PolicySource, warehouse: WarehouseResource
     )
 
 
-@dataclass(frozen=True)
-class InsuranceTunedModel:
-    run_id: str
-    experiment_id: str
-    model_uri: str
-    config: dict[str, Any]
-    val_mae: float
-    test_mae: float
-    test_r2: float
-    baselines: dict[str, float]
-    test: pd.DataFrame = field(repr=False)
-    trials: int = 0
+def insurance_holdout(warehouse: WarehouseResource) -> Split:
+    """The seeded 80/20 split of the stored policies: every run rebuilds the same one from the warehouse."""
+    policies = warehouse.read_policies()
+    if policies.empty:
+        raise dg.Failure("no policies stored: materialize insurance_policies first", allow_retries=False)
+    return split_policies(policies)
 
 
 @dg.asset(
     group_name=INSURANCE_GROUP,
     deps=[insurance_policies],
+    io_manager_key=TUNED_MODEL_IO_MANAGER,
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"ray", "mlflow", "scikitlearn"},
     owners=["team:pricing"],
@@ -81,25 +75,21 @@ class InsuranceTunedModel:
 )
 def insurance_tuned_model(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, tuning: TuningResource, registry: MlflowRegistry
-) -> InsuranceTunedModel:
+) -> TunedModel:
+    outer = insurance_holdout(warehouse)
     tags = {"dagster_run_id": context.run_id, "dagster_asset": "insurance_tuned_model"}
-    try:
-        with registry.parent_run(INSURANCE_EXPERIMENT, f"insurance_tuned_model {context.run_id[:8]}", tags) as parent:
-            return _search(context, warehouse, tuning, registry, parent.info.run_id, parent.info.experiment_id)
-    except TrackingServerUnavailable as error:
-        raise dg.Failure(str(error), allow_retries=False) from error
+    with registry.parent_run(INSURANCE_EXPERIMENT, f"insurance_tuned_model {context.run_id[:8]}", tags) as parent:
+        return _search(context, outer, tuning, registry, parent.info.run_id, parent.info.experiment_id)
 
 
 def _search(
     context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
+    outer: Split,
     tuning: TuningResource,
     registry: MlflowRegistry,
     parent_run_id: str,
     experiment_id: str,
-) -> InsuranceTunedModel:
-    policies = warehouse.read_policies()
-    outer = split_policies(policies)
+) -> TunedModel:
     inner = split_policies(outer.train, seed=43)  # validation for the search, carved from train only
     space, default_samples = search_space(quick=tuning.search == "quick")
     outcome = run_search(
@@ -142,17 +132,19 @@ def _search(
             "rows_test": len(outer.test),
         }
     )
-    return InsuranceTunedModel(
+    return TunedModel(
         run_id=parent_run_id,
         experiment_id=experiment_id,
         model_uri=model_info.model_uri,
+        family=str(outcome.best.config.get("family")),
         config=dict(outcome.best.config),
-        val_mae=outcome.best.metrics["val_mae"],
-        test_mae=refit.mae,
-        test_r2=refit.r2,
+        metric="test_mae",
+        val_score=outcome.best.metrics["val_mae"],
+        test_score=refit.mae,
         baselines=baselines,
-        test=outer.test,
+        details={"test_r2": round(refit.r2, 4)},
         trials=len(outcome.trials),
+        search_seconds=outcome.wall_seconds,
     )
 
 
@@ -164,38 +156,31 @@ def _search(
     description=f"Registers the challenger as a version of '{INSURANCE_MODEL_NAME}'; moves '{CHAMPION_ALIAS}' only if it wins.",
 )
 def insurance_champion_model(
-    context: dg.AssetExecutionContext, insurance_tuned_model: InsuranceTunedModel, registry: MlflowRegistry
+    context: dg.AssetExecutionContext, insurance_tuned_model: TunedModel, warehouse: WarehouseResource, registry: MlflowRegistry
 ) -> dg.MaterializeResult:
-    tuned = insurance_tuned_model
-    challenger = Challenger(
-        model_uri=tuned.model_uri,
-        run_id=tuned.run_id,
-        experiment_id=tuned.experiment_id,
-        score=tuned.test_mae,
-        baselines=tuned.baselines,
-        tags={"test_r2": round(tuned.test_r2, 4), "val_mae": round(tuned.val_mae, 2), "family": tuned.config.get("family"), "dagster_run_id": context.run_id},
+    holdout = insurance_holdout(warehouse)
+    return promote_tuned_model(
+        context,
+        registry,
+        INSURANCE_MODEL_NAME,
+        insurance_tuned_model,
+        score_model=lambda model_uri: insurance_test_mae(registry, model_uri, holdout.test),
+        baselines={"median": median_baseline_mae(holdout.train, holdout.test)},
     )
-    outcome = promote_if_better(
-        registry, INSURANCE_MODEL_NAME, challenger, rescore_champion=lambda v: rescore_insurance(registry, v, tuned.test), metric="test_mae"
-    )
-    context.log.info(f"v{outcome.registered_version}: {outcome.decision.reason}")
-    metadata = outcome.metadata(registry, challenger, INSURANCE_MODEL_NAME, "test_mae")
-    metadata["test_r2"] = round(tuned.test_r2, 4)
-    return dg.MaterializeResult(metadata=metadata)
 
 
-def rescore_insurance(registry: MlflowRegistry, version: str, test: pd.DataFrame) -> float:
-    """Test MAE of a registered version on this holdout (its stored tags are not trusted)."""
+def insurance_test_mae(registry: MlflowRegistry, model_uri: str, test: pd.DataFrame) -> float:
+    """Test MAE of a logged or registered model on this holdout (stored scores are not trusted)."""
     registry.activate()
-    model = mlflow.sklearn.load_model(f"models:/{INSURANCE_MODEL_NAME}/{version}")
+    model = mlflow.sklearn.load_model(model_uri)
     return float(mean_absolute_error(test[TARGET], model.predict(test[list(FEATURES)])))
 
 
 @dg.asset_check(asset=insurance_tuned_model, blocking=True, description="beats predicting the median; R^2 positive")
-def insurance_tuned_model_beats_baseline(insurance_tuned_model: InsuranceTunedModel) -> dg.AssetCheckResult:
+def insurance_tuned_model_beats_baseline(insurance_tuned_model: TunedModel) -> dg.AssetCheckResult:
     tuned = insurance_tuned_model
-    passed = tuned.test_mae < tuned.baselines["median"] and tuned.test_r2 > 0
+    test_r2 = float(tuned.details["test_r2"])
     return dg.AssetCheckResult(
-        passed=passed,
-        metadata={"test_mae": round(tuned.test_mae, 1), "median_baseline": round(tuned.baselines["median"], 1), "test_r2": round(tuned.test_r2, 4)},
+        passed=tuned.beats_baselines() and test_r2 > 0,
+        metadata={"test_mae": round(tuned.test_score, 1), "median_baseline": round(tuned.baselines["median"], 1), "test_r2": test_r2},
     )

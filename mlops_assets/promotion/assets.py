@@ -6,11 +6,14 @@ import dagster as dg
 import numpy as np
 
 from mlops_assets.constants import ATMOS_GROUP, ATMOS_MODEL_NAME, CHAMPION_ALIAS
-from mlops_assets.ml.metrics import mae
+from mlops_assets.ingestion.sources import ObservationSource
+from mlops_assets.ml.metrics import baseline_maes, mae
 from mlops_assets.ml.model_io import load_forecaster
 from mlops_assets.ml.windows import TrainingWindows
-from mlops_assets.promotion.registry_promotion import Challenger, promote_if_better
+from mlops_assets.promotion.registry_promotion import promote_tuned_model
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.resources.warehouse import WarehouseResource
+from mlops_assets.training.assets import load_training_windows
 from mlops_assets.training.tuned_model import TunedModel
 
 
@@ -24,43 +27,33 @@ from mlops_assets.training.tuned_model import TunedModel
 def atmos_champion_model(
     context: dg.AssetExecutionContext,
     atmos_tuned_model: TunedModel,
-    atmos_training_windows: TrainingWindows,
+    source: ObservationSource,
+    warehouse: WarehouseResource,
     registry: MlflowRegistry,
 ) -> dg.MaterializeResult:
-    tuned = atmos_tuned_model
-    challenger = Challenger(
-        model_uri=tuned.model_uri,
-        run_id=tuned.run_id,
-        experiment_id=tuned.experiment_id,
-        score=tuned.test_mae,
-        baselines=tuned.baselines,
-        tags={"val_mae": round(tuned.val_mae, 4), "family": tuned.config.get("family"), "dagster_run_id": context.run_id},
-    )
-    outcome = promote_if_better(
+    windows = load_training_windows(source, warehouse)
+    return promote_tuned_model(
+        context,
         registry,
         ATMOS_MODEL_NAME,
-        challenger,
-        rescore_champion=lambda version: rescore_version(registry, version, atmos_training_windows),
-        metric="test_mae",
+        atmos_tuned_model,
+        score_model=lambda model_uri: forecaster_test_mae(registry, model_uri, windows),
+        baselines=baseline_maes(windows.test),
     )
-    context.log.info(f"v{outcome.registered_version}: {outcome.decision.reason}")
-    metadata = outcome.metadata(registry, challenger, ATMOS_MODEL_NAME, "test_mae")
-    metadata["test_mae_per_horizon"] = dg.MetadataValue.json([round(v, 3) for v in tuned.test_per_horizon_mae])
-    return dg.MaterializeResult(metadata=metadata)
 
 
-def rescore_version(registry: MlflowRegistry, version: str, windows: TrainingWindows) -> float:
-    """Test MAE of a registered version on these windows (its stored tags are not trusted)."""
+def forecaster_test_mae(registry: MlflowRegistry, model_uri: str, windows: TrainingWindows) -> float:
+    """Test MAE of a logged or registered forecaster on these windows (stored scores are not trusted)."""
     registry.activate()
-    model, spec = load_forecaster(f"models:/{ATMOS_MODEL_NAME}/{version}")
+    model, spec = load_forecaster(model_uri)
     missing = [name for name in spec.covariates if name not in windows.covariates]
     if missing:
         raise dg.Failure(
-            f"champion v{version} needs covariates {missing} that the current data lacks: it cannot be "
-            "re-scored on the same windows; roll back or retire it with `mlops-assets champion --rollback`"
+            f"{model_uri} needs covariates {missing} that the current data lacks: it cannot be scored on the "
+            "same windows; roll back or retire it with `mlops-assets champion --rollback`",
+            allow_retries=False,
         )
-    predictions = np.asarray(model.predict(windows.test.features(spec)))
-    score = mae(predictions, windows.test.targets)
+    score = mae(np.asarray(model.predict(windows.test.features(spec))), windows.test.targets)
     if not math.isfinite(score):
-        raise dg.Failure(f"champion v{version} produces non-finite forecasts on the test windows")
+        raise dg.Failure(f"{model_uri} produces non-finite forecasts on the test windows", allow_retries=False)
     return score

@@ -11,6 +11,7 @@ import dagster as dg
 from mlops_assets.constants import CHAMPION_ALIAS
 from mlops_assets.promotion.decision import PromotionDecision, decide_promotion
 from mlops_assets.resources.mlflow_registry import MlflowRegistry, TrackingServerUnavailable
+from mlops_assets.training.tuned_model import TunedModel
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,43 @@ def promote_if_better(
         registry.move_champion(model_name, version.version)
     after = version.version if decision.promote else (current.version if current else None)
     return PromotionOutcome(decision, version.version, current.version if current else None, after)
+
+
+def promote_tuned_model(
+    context: dg.AssetExecutionContext,
+    registry: MlflowRegistry,
+    model_name: str,
+    tuned: TunedModel,
+    score_model: Callable[[str], float],
+    baselines: dict[str, float],
+) -> dg.MaterializeResult:
+    """The champion step of every pipeline: score challenger and champion on today's holdout, then decide.
+
+    `score_model(model_uri)` scores any logged or registered model on the holdout rebuilt from the
+    warehouse in this run, so both scores (and the baselines) come from the same data even when the
+    search ran in another run, on another machine, before new data arrived.
+    """
+    challenger = Challenger(
+        model_uri=tuned.model_uri,
+        run_id=tuned.run_id,
+        experiment_id=tuned.experiment_id,
+        score=score_model(tuned.model_uri),
+        baselines=baselines,
+        tags={
+            tuned.metric.replace("test_", "val_", 1): round(tuned.val_score, 4),
+            "family": tuned.family,
+            "dagster_run_id": context.run_id,
+            **{key: value for key, value in tuned.details.items() if isinstance(value, int | float)},
+        },
+    )
+    outcome = promote_if_better(
+        registry,
+        model_name,
+        challenger,
+        rescore_champion=lambda version: score_model(f"models:/{model_name}/{version}"),
+        metric=tuned.metric,
+    )
+    context.log.info(f"{model_name} v{outcome.registered_version}: {outcome.decision.reason}")
+    metadata = outcome.metadata(registry, challenger, model_name, tuned.metric)
+    metadata.update({key: dg.MetadataValue.json(value) if isinstance(value, list | dict) else value for key, value in tuned.details.items()})
+    return dg.MaterializeResult(metadata=metadata)

@@ -20,6 +20,7 @@ from mlops_assets.ingestion.sources import (
 )
 from mlops_assets.insurance.sources import CsvPolicySource, PolicySource, SyntheticPolicySource
 from mlops_assets.resources.mlflow_registry import DEFAULT_TRACKING_URI, MlflowRegistry
+from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER, MlflowTunedModelIOManager
 from mlops_assets.resources.warehouse import DEFAULT_WAREHOUSE_URL, WarehouseResource
 from mlops_assets.training.resources import TuningResource
 
@@ -76,12 +77,17 @@ def build_policy_source() -> PolicySource:
     return SyntheticPolicySource()
 
 
+def mlflow_resources(registry: MlflowRegistry) -> dict[str, Any]:
+    """The registry and the I/O manager that keeps tuned models in it (both point at one MLflow)."""
+    return {"registry": registry, TUNED_MODEL_IO_MANAGER: MlflowTunedModelIOManager(registry=registry)}
+
+
 def build_resources() -> dict[str, Any]:
     """Resources for the current environment (called when definitions load)."""
     return {
         "source": build_observation_source(atmos_source_kind()),
         "warehouse": WarehouseResource(url=env_or_default("WAREHOUSE_URL", DEFAULT_WAREHOUSE_URL)),
-        "registry": MlflowRegistry(tracking_uri=env_or_default("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)),
+        **mlflow_resources(MlflowRegistry(tracking_uri=env_or_default("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))),
         "policy_source": build_policy_source(),
         "tuning": TuningResource(ray_address=env_or_default("RAY_ADDRESS", "")),
     }

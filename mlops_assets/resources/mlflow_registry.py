@@ -60,8 +60,14 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     @contextmanager
     def parent_run(self, experiment_name: str, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
-        """The active MLflow run a search nests its trials under; FAILED if the block raises."""
-        self.ensure_reachable()
+        """The active MLflow run a search nests its trials under; FAILED if the block raises.
+
+        An unreachable store fails the step at once (another attempt of the same step cannot help).
+        """
+        try:
+            self.ensure_reachable()
+        except TrackingServerUnavailable as error:
+            raise dg.Failure(str(error), allow_retries=False) from error
         self.activate()
         experiment = mlflow.set_experiment(experiment_name)
         with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name, tags=tags) as run:

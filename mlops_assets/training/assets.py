@@ -12,7 +12,8 @@ from mlops_assets.ml import forecasters
 from mlops_assets.ml.metrics import baseline_maes, baselines_per_horizon
 from mlops_assets.ml.model_io import log_forecaster
 from mlops_assets.ml.windows import TrainingWindows, build_training_windows
-from mlops_assets.resources.mlflow_registry import MlflowRegistry, TrackingServerUnavailable
+from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.forecaster_search import (
     TRIAL_ITERATIONS,
@@ -30,6 +31,14 @@ from mlops_assets.training.tuning import run_search
 ATMOS_EXPERIMENT = "atmos_temperature"
 
 
+def load_training_windows(source: ObservationSource, warehouse: WarehouseResource) -> TrainingWindows:
+    """The windows of the stored features: deterministic, so every run (on any machine) rebuilds the same ones."""
+    series = warehouse.read_features(source.station)
+    if series.empty:
+        raise dg.Failure(f"no features stored for station {source.station}: materialize atmos_features first", allow_retries=False)
+    return build_training_windows(series)
+
+
 @dg.asset(
     group_name=ATMOS_GROUP,
     deps=[atmos_features],
@@ -38,14 +47,12 @@ ATMOS_EXPERIMENT = "atmos_temperature"
     owners=["team:forecasting"],
     description="72 h -> 24 h windows in a 70/15/15 chronological split; no window crosses a gap.",
 )
-def atmos_training_windows(
-    context: dg.AssetExecutionContext, source: ObservationSource, warehouse: WarehouseResource
-) -> TrainingWindows:
-    series = warehouse.read_features(source.station)
-    windows = build_training_windows(series)
+def atmos_training_windows(source: ObservationSource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Records the split; downstream steps rebuild the windows from the warehouse (no pickles to hand over)."""
+    windows = load_training_windows(source, warehouse)
     baselines = baseline_maes(windows.test)
-    context.add_output_metadata(
-        {
+    return dg.MaterializeResult(
+        metadata={
             "station": source.station,
             "windows_train": len(windows.train),
             "windows_validation": len(windows.validation),
@@ -56,11 +63,12 @@ def atmos_training_windows(
             "test_mae_seasonal_naive": round(baselines["seasonal_naive"], 4),
         }
     )
-    return windows
 
 
 @dg.asset(
     group_name=ATMOS_GROUP,
+    deps=[atmos_training_windows],
+    io_manager_key=TUNED_MODEL_IO_MANAGER,
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"ray", "mlflow", "scikitlearn"},
     owners=["team:forecasting"],
@@ -68,18 +76,15 @@ def atmos_training_windows(
 )
 def atmos_tuned_model(
     context: dg.AssetExecutionContext,
-    atmos_training_windows: TrainingWindows,
+    source: ObservationSource,
+    warehouse: WarehouseResource,
     tuning: TuningResource,
     registry: MlflowRegistry,
 ) -> TunedModel:
-    tags = {"dagster_run_id": context.run_id, "dagster_asset": "atmos_tuned_model"}
-    try:
-        with registry.parent_run(ATMOS_EXPERIMENT, f"atmos_tuned_model {context.run_id[:8]}", tags) as parent:
-            return _search_and_refit(
-                context, atmos_training_windows, tuning, registry, parent.info.run_id, parent.info.experiment_id
-            )
-    except TrackingServerUnavailable as error:
-        raise dg.Failure(str(error), allow_retries=False) from error
+    windows = load_training_windows(source, warehouse)
+    tags = {"dagster_run_id": context.run_id, "dagster_asset": "atmos_tuned_model", "station": source.station}
+    with registry.parent_run(ATMOS_EXPERIMENT, f"atmos_tuned_model {context.run_id[:8]}", tags) as parent:
+        return _search_and_refit(context, windows, tuning, registry, parent.info.run_id, parent.info.experiment_id)
 
 
 def _search_and_refit(
@@ -125,11 +130,13 @@ def _search_and_refit(
         run_id=parent_run_id,
         experiment_id=experiment_id,
         model_uri=model_info.model_uri,
-        config=refit.config,
-        val_mae=outcome.best.metrics["val_mae"],
-        test_mae=refit.test_mae,
-        test_per_horizon_mae=[float(v) for v in refit.test_per_horizon_mae],
+        family=str(refit.config.get("family")),
+        config={k: _plain(v) for k, v in refit.config.items()},
+        metric="test_mae",
+        val_score=outcome.best.metrics["val_mae"],
+        test_score=refit.test_mae,
         baselines=baselines,
+        details={"test_mae_per_horizon": [round(float(v), 4) for v in refit.test_per_horizon_mae]},
         trials=len(outcome.trials),
         search_seconds=outcome.wall_seconds,
     )
@@ -143,11 +150,11 @@ def _search_and_refit(
             "trials_stopped_early": sum("fit_seconds" not in trial.metrics for trial in outcome.trials),
             "errored_trials": outcome.errored_trials,
             "search_seconds": round(outcome.wall_seconds, 1),
-            "val_mae": round(tuned.val_mae, 4),
-            "test_mae": round(tuned.test_mae, 4),
+            "val_mae": round(tuned.val_score, 4),
+            "test_mae": round(tuned.test_score, 4),
             "test_mae_persistence": round(baselines["persistence"], 4),
             "test_mae_seasonal_naive": round(baselines["seasonal_naive"], 4),
-            "test_mae_per_horizon": dg.MetadataValue.json([round(v, 3) for v in tuned.test_per_horizon_mae]),
+            "test_mae_per_horizon": dg.MetadataValue.json([round(float(v), 3) for v in refit.test_per_horizon_mae]),
             **plots,
         }
     )
