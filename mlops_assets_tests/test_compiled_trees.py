@@ -83,8 +83,10 @@ def test_both_tree_walks_agree(fitted_families: dict, monkeypatch: pytest.Monkey
     np.testing.assert_array_equal(second, model.predict(X[:64]))
 
 
-def test_missing_values_follow_each_split_learned_direction() -> None:
+@pytest.mark.parametrize("decide_all_limit", [10**9, 0], ids=["decide-all", "level-by-level"])
+def test_missing_values_follow_each_split_learned_direction(decide_all_limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """NaN in training teaches splits a side; NaN in a feature never missing in training too."""
+    monkeypatch.setattr(compiled_trees, "_DECIDE_ALL_LIMIT", decide_all_limit)
     rng = np.random.default_rng(3)
     X = rng.normal(size=(3000, 6))
     y = np.where(np.isnan(X[:, 0]), 5.0, X[:, 0]) + X[:, 1] ** 2 + rng.normal(0, 0.1, 3000)

@@ -110,10 +110,16 @@ class PackedTrees:
         return node - offsets if n_rows > 1 else node
 
     def _leaves_level_by_level(self, X: np.ndarray) -> np.ndarray:
-        """Move every (row, tree) pointer one level per step: work grows with depth, not with nodes."""
+        """Move every (row, tree) pointer one level per step: work grows with depth, not with nodes.
+
+        Pointers that reached a leaf are set aside, so the deep levels of a few long branches
+        (leaf-wise growth makes depth 20+ with 31 leaves) move only the pointers still inside.
+        """
         n_rows, n_features = X.shape
-        node = np.repeat(self.roots[None, :], n_rows, axis=0)
-        row_start = (np.arange(n_rows, dtype=np.intp) * n_features)[:, None]
+        node = np.tile(self.roots, n_rows)
+        row_start = np.repeat(np.arange(n_rows, dtype=np.intp) * n_features, len(self.roots))
+        leaves = np.empty_like(node)
+        active = np.arange(len(node))
         flat = X.ravel()
         check_missing = bool(np.isnan(X).any())
         for _ in range(self.depth):
@@ -122,7 +128,15 @@ class PackedTrees:
             if check_missing:
                 go_left |= np.isnan(values) & self.missing_left[node]
             node = self.right[node] - go_left * self.step_left[node]
-        return node
+            inside = node < self.n_internal
+            if not inside.all():
+                done = ~inside
+                leaves[active[done]] = node[done]
+                active, node, row_start = active[inside], node[inside], row_start[inside]
+                if not len(node):
+                    break
+        leaves[active] = node
+        return leaves.reshape(n_rows, len(self.roots))
 
     @classmethod
     def from_boosters(cls, boosters: Sequence[Any]) -> PackedTrees:
