@@ -89,5 +89,8 @@ def build_resources() -> dict[str, Any]:
         "warehouse": WarehouseResource(url=env_or_default("WAREHOUSE_URL", DEFAULT_WAREHOUSE_URL)),
         **mlflow_resources(MlflowRegistry(tracking_uri=env_or_default("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))),
         "policy_source": build_policy_source(),
-        "tuning": TuningResource(ray_address=env_or_default("RAY_ADDRESS", "")),
+        "tuning": TuningResource(
+            ray_address=env_or_default("RAY_ADDRESS", ""),
+            num_samples=dg.EnvVar.int("TUNING_NUM_SAMPLES") if os.environ.get("TUNING_NUM_SAMPLES") else 0,
+        ),
     }
