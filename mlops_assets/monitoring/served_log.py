@@ -1,0 +1,146 @@
+"""The `served_forecasts` and `forecast_accuracy` tables, shared by the service and the pipeline.
+
+Imports only SQLAlchemy and the standard library: the prediction service writes through this module
+and must not pay for Dagster or pandas in every worker. The URL handling mirrors
+`mlops_assets.resources.warehouse` (same `WAREHOUSE_URL`, same default file, psycopg2 for bare
+`postgresql://` URLs), which cannot be imported here without importing the pipeline's resources.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+#: Same default as the pipeline's warehouse, so the embedded setup needs no configuration.
+DEFAULT_WAREHOUSE_URL = "sqlite:///.mlops/warehouse.db"
+INPUT_HOURS = 72
+HORIZON_HOURS = 24
+#: Lead hours are 1-based, as in the training metrics (`val_mae_h01` .. `val_mae_h24`).
+LEAD_COLUMNS = tuple(f"mae_h{h:02d}" for h in range(1, HORIZON_HOURS + 1))
+
+#: Kept apart from the warehouse's own metadata: creating these tables is this module's job.
+monitoring_metadata = sa.MetaData()
+
+#: One row per answered forecast request.
+served_forecasts = sa.Table(
+    "served_forecasts",
+    monitoring_metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    # The window's last observed hour as the service resolved it (UTC); the forecast is for +1..+24 h.
+    sa.Column("last_observed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("forecast", sa.Text, nullable=False),  # JSON list of 24 numbers
+    sa.Column("inputs", sa.Text, nullable=False),  # JSON list of the 72 input temperatures, oldest first
+    sa.Column("covariates", sa.Text, nullable=True),  # JSON {name: [24 numbers]} when the request sent them
+    sa.Index("ix_served_forecasts_model_observed", "model_name", "last_observed_at"),
+    sa.Index("ix_served_forecasts_received", "received_at"),
+)
+
+#: Realized accuracy per model version and UTC day of `last_observed_at` (replaced per day).
+forecast_accuracy = sa.Table(
+    "forecast_accuracy",
+    monitoring_metadata,
+    sa.Column("model_name", sa.String(128), primary_key=True),
+    sa.Column("model_version", sa.String(32), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("forecasts", sa.Integer, nullable=False),
+    sa.Column("mae", sa.Float, nullable=False),
+    *[sa.Column(name, sa.Float, nullable=False) for name in LEAD_COLUMNS],
+    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def normalize_url(url: str) -> str:
+    """psycopg2 for bare `postgresql://` URLs, as the warehouse resource does."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+def create_warehouse_engine(url: str = DEFAULT_WAREHOUSE_URL, connect_timeout: float = 5.0) -> sa.Engine:
+    """An engine on the warehouse; connecting is bounded so a dead server fails in seconds, not minutes.
+
+    Nothing connects here (SQLAlchemy connects lazily); call `ensure_tables` before writing.
+    """
+    parsed = sa.make_url(normalize_url(url))
+    backend = parsed.get_backend_name()
+    connect_args: dict[str, Any] = {}
+    if backend == "sqlite":
+        if parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        connect_args["timeout"] = connect_timeout  # busy timeout while another writer holds the lock
+    elif backend == "postgresql":
+        connect_args["connect_timeout"] = max(1, int(math.ceil(connect_timeout)))
+    return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+def ensure_tables(engine: sa.Engine) -> None:
+    """Create the monitoring tables when missing (idempotent; existing rows are kept)."""
+    monitoring_metadata.create_all(engine, checkfirst=True)
+
+
+def as_utc(moment: dt.datetime) -> dt.datetime:
+    """An aware UTC datetime; naive values are refused (UTC or local time would be a guess)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{moment!r} has no time zone: pass an aware datetime (UTC)")
+    return moment.astimezone(dt.timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class ServedForecast:
+    """One answered forecast request, as stored in `served_forecasts`."""
+
+    request_id: str
+    model_name: str
+    model_version: str
+    received_at: dt.datetime
+    last_observed_at: dt.datetime
+    forecast: Sequence[float]
+    inputs: Sequence[float]
+    covariates: Mapping[str, Sequence[float]] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.request_id or len(self.request_id) > 64:
+            raise ValueError(f"request_id must be 1..64 characters, got {self.request_id!r}")
+        if len(self.forecast) != HORIZON_HOURS:
+            raise ValueError(f"forecast must have {HORIZON_HOURS} values, got {len(self.forecast)}")
+        if len(self.inputs) != INPUT_HOURS:
+            raise ValueError(f"inputs must have {INPUT_HOURS} values, got {len(self.inputs)}")
+        as_utc(self.received_at)
+        as_utc(self.last_observed_at)
+
+    def row(self) -> dict[str, Any]:
+        """The insert parameters: UTC datetimes, JSON text for the arrays."""
+        return {
+            "request_id": self.request_id,
+            "model_name": self.model_name,
+            "model_version": str(self.model_version),
+            "received_at": as_utc(self.received_at),
+            "last_observed_at": as_utc(self.last_observed_at),
+            "forecast": json.dumps([float(v) for v in self.forecast]),
+            "inputs": json.dumps([float(v) for v in self.inputs]),
+            "covariates": None
+            if self.covariates is None
+            else json.dumps({name: [float(v) for v in values] for name, values in self.covariates.items()}),
+        }
+
+
+def insert_served(engine: sa.Engine, rows: Sequence[Mapping[str, Any]]) -> None:
+    """One transaction, one executemany."""
+    if rows:
+        with engine.begin() as connection:
+            connection.execute(sa.insert(served_forecasts), list(rows))
+
+
+def to_utc(value: dt.datetime) -> dt.datetime:
+    """A datetime read back from the warehouse as aware UTC (SQLite returns naive UTC)."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)

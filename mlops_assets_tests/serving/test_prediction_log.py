@@ -1,0 +1,215 @@
+"""The prediction log against real SQLite and PostgreSQL, a locked database and an unreachable server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, generate_latest
+
+from mlops_assets.monitoring.served_log import ServedForecast, served_forecasts
+from mlops_assets_tests.conftest import _fresh_database
+from serving.prediction_log import PredictionLog, prediction_log_enabled, served_record
+
+T0 = dt.datetime(2013, 6, 1, 12, tzinfo=dt.timezone.utc)
+
+
+def record(i: int, version: str = "3") -> ServedForecast:
+    return ServedForecast(
+        request_id=f"req-{i:06d}",
+        model_name="atmos_temperature",
+        model_version=version,
+        received_at=T0 + dt.timedelta(seconds=i),
+        last_observed_at=T0 + dt.timedelta(hours=i % 48),
+        forecast=[i + h / 10 for h in range(24)],
+        inputs=[float(h) for h in range(72)],
+        covariates={"rh": [50.0 + h for h in range(24)]} if i % 2 else None,
+    )
+
+
+def dropped(registry: CollectorRegistry, reason: str) -> float:
+    value = registry.get_sample_value("serving_prediction_log_dropped_total", {"reason": reason})
+    assert value is not None
+    return value
+
+
+def count_rows(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(served_forecasts)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh warehouse per test: a SQLite file, or a new database on the real PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'nested' / 'warehouse.db'}"
+    else:
+        with _fresh_database("mlops_predlog") as database:
+            yield database
+
+
+def test_many_concurrent_enqueues_are_all_written(url: str) -> None:
+    registry = CollectorRegistry()
+    producers, per_producer = 40, 250
+    accepted: list[bool] = []
+
+    async def scenario() -> None:
+        log = PredictionLog(url, registry=registry, batch_size=200)
+        async with log.running():
+
+            async def produce(p: int) -> None:
+                for k in range(per_producer):
+                    accepted.append(log.enqueue(record(p * per_producer + k)))
+                    await asyncio.sleep(0)
+
+            await asyncio.gather(*(produce(p) for p in range(producers)))
+
+    asyncio.run(scenario())
+    total = producers * per_producer
+    assert accepted.count(True) == total
+    assert count_rows(url) == total
+    assert registry.get_sample_value("serving_prediction_log_written_total") == total
+    assert sum(dropped(registry, r) for r in ("queue_full", "rejected", "shutdown", "closed")) == 0
+    assert b"serving_prediction_log_dropped_total" in generate_latest(registry)
+
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(served_forecasts).where(served_forecasts.c.request_id == "req-000007")).mappings().one()
+    engine.dispose()
+    assert json.loads(row["forecast"]) == pytest.approx([7 + h / 10 for h in range(24)])
+    assert json.loads(row["inputs"]) == [float(h) for h in range(72)]
+    assert json.loads(row["covariates"]) == {"rh": [50.0 + h for h in range(24)]}
+    stored = row["last_observed_at"]
+    stored = stored.replace(tzinfo=dt.timezone.utc) if stored.tzinfo is None else stored
+    assert stored == T0 + dt.timedelta(hours=7)
+
+
+def test_unreachable_warehouse_never_blocks_and_counts_drops() -> None:
+    registry = CollectorRegistry()
+    durations: list[float] = []
+    results: list[bool] = []
+
+    async def scenario() -> None:
+        log = PredictionLog(
+            "postgresql://postgres@127.0.0.1:1/nowhere",
+            registry=registry,
+            max_queue=100,
+            retry_seconds=0.05,
+            max_retry_seconds=0.1,
+            shutdown_seconds=0.5,
+            connect_timeout=1,
+        )
+        async with log.running():
+            for i in range(500):
+                started = time.perf_counter()
+                results.append(log.enqueue(record(i)))
+                durations.append(time.perf_counter() - started)
+                if i % 50 == 0:
+                    await asyncio.sleep(0.01)  # let the writer try (and fail) in between
+            await asyncio.sleep(0.3)
+            assert log.last_error is not None and "OperationalError" in log.last_error
+
+    asyncio.run(scenario())
+    assert max(durations) < 0.05, max(durations)
+    accepted = results.count(True)
+    assert 100 <= accepted < 500
+    assert dropped(registry, "queue_full") == 500 - accepted
+    # Nothing was written: every accepted record is counted lost at shutdown.
+    assert dropped(registry, "shutdown") == accepted
+    assert registry.get_sample_value("serving_prediction_log_write_errors_total") >= 1
+
+
+def test_locked_warehouse_recovers_without_losing_accepted_rows(tmp_path: Path) -> None:
+    """A slow warehouse (SQLite write lock held elsewhere): retries, then everything accepted lands."""
+    db = tmp_path / "warehouse.db"
+    url = f"sqlite:///{db}"
+    registry = CollectorRegistry()
+
+    async def scenario() -> int:
+        log = PredictionLog(url, registry=registry, max_queue=300, retry_seconds=0.05, max_retry_seconds=0.2, connect_timeout=0.1)
+        async with log.running():
+            assert log.enqueue(record(0))
+            while count_rows_or_zero(url) == 0:  # tables created, first row written
+                await asyncio.sleep(0.02)
+            blocker = sqlite3.connect(db)
+            blocker.execute("BEGIN EXCLUSIVE")
+            accepted = 1
+            for i in range(1, 1000):
+                accepted += log.enqueue(record(i))
+                if i % 100 == 0:
+                    await asyncio.sleep(0.1)
+            assert registry.get_sample_value("serving_prediction_log_write_errors_total") >= 1
+            blocker.rollback()
+            blocker.close()
+        return accepted
+
+    accepted = asyncio.run(scenario())
+    assert accepted < 1000  # the queue filled while locked
+    assert dropped(registry, "queue_full") == 1000 - accepted
+    assert dropped(registry, "shutdown") == 0
+    assert count_rows(url) == accepted
+
+
+def count_rows_or_zero(url: str) -> int:
+    try:
+        return count_rows(url)
+    except sa.exc.OperationalError:
+        return 0
+
+
+def test_repeated_request_id_is_rejected_and_the_rest_kept(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    registry = CollectorRegistry()
+
+    async def scenario() -> None:
+        log = PredictionLog(url, registry=registry)
+        async with log.running():
+            for i in (1, 2, 2, 3):
+                log.enqueue(record(i))
+
+    asyncio.run(scenario())
+    assert count_rows(url) == 3
+    assert dropped(registry, "rejected") == 1
+
+
+def test_enqueue_after_close_is_counted() -> None:
+    registry = CollectorRegistry()
+    log = PredictionLog("sqlite://", registry=registry)
+    assert log.enqueue(record(1)) is False
+    assert dropped(registry, "closed") == 1
+
+
+def test_served_record_and_switch() -> None:
+    class Window:
+        time_series = [1.0] * 72
+        last_observed_at = T0
+        covariates = None
+
+    class Ref:
+        version = "4"
+
+    class Answer:
+        result = [2.0] * 24
+        model = Ref()
+
+    row = served_record("atmos_temperature", "abc", Window(), Answer(), T0)
+    assert row is not None and row.model_version == "4" and row.last_observed_at == T0
+    assert served_record("insurance_charges", "abc", Window(), Answer(), T0) is None
+    assert prediction_log_enabled(None) and prediction_log_enabled("ON") and not prediction_log_enabled("off")
+    with pytest.raises(ValueError, match="SERVING_PREDICTION_LOG"):
+        prediction_log_enabled("maybe")
+    with pytest.raises(ValueError, match="time zone"):
+        ServedForecast("x", "m", "1", dt.datetime(2013, 1, 1), T0, [0.0] * 24, [0.0] * 72)
+    with pytest.raises(ValueError, match="24 values"):
+        ServedForecast("x", "m", "1", T0, T0, [0.0] * 23, [0.0] * 72)

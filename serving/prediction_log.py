@@ -1,0 +1,281 @@
+"""Writes every answered forecast to the warehouse table `served_forecasts`, off the request path.
+
+Each worker owns one `PredictionLog`: `enqueue` puts the record on a bounded in-memory queue and
+returns at once; one background task takes what is queued (up to `batch_size` rows) and inserts it
+with one executemany in a thread, so the event loop never waits for the database. While the
+warehouse is up nothing is lost; while it is down or slow, the oldest batch is retried with backoff,
+the queue fills and further records are dropped and counted in
+`serving_prediction_log_dropped_total{reason=...}`: a request is never slowed or failed by its log.
+
+Wiring (in `serving.app.create_app`; the switch `SERVING_PREDICTION_LOG=off` belongs to the caller's
+settings, which then simply do not build a `PredictionLog`):
+
+    log = PredictionLog(settings.warehouse_url, registry=metrics.registry)
+    # 1. in the lifespan, around the yield:   async with log.running(): ...
+    # 2. in the atmos handler, after shaping the answer:
+    #        record = served_record(module.name, request_id, payload, answer, received_at)
+    #        if record is not None: log.enqueue(record)
+    #    and answer with the header X-Request-ID: request_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter
+
+from mlops_assets.monitoring.served_log import (
+    DEFAULT_WAREHOUSE_URL,
+    ServedForecast,
+    create_warehouse_engine,
+    ensure_tables,
+    insert_served,
+)
+
+log = logging.getLogger(__name__)
+
+#: Environment switch read by the service's settings: `off` disables the log.
+SWITCH_ENV = "SERVING_PREDICTION_LOG"
+#: Response header carrying the id stored with the row (to find a forecast again).
+REQUEST_ID_HEADER = "X-Request-ID"
+#: Models whose answers are logged (the forecaster: its answers can be checked against observations).
+LOGGED_MODELS = frozenset({"atmos_temperature"})
+
+DROP_REASONS = ("queue_full", "rejected", "shutdown", "closed")
+
+
+def prediction_log_enabled(value: str | None) -> bool:
+    """`SERVING_PREDICTION_LOG`: unset or `on` enables, `off` disables; anything else is an error."""
+    text = (value or "on").strip().lower()
+    if text not in ("on", "off"):
+        raise ValueError(f"{SWITCH_ENV} must be 'on' or 'off', got {value!r}")
+    return text == "on"
+
+
+def served_record(model_name: str, request_id: str, window: Any, answer: Any, received_at: dt.datetime) -> ServedForecast | None:
+    """The row for one answered request, or None for models that are not logged.
+
+    `window` is the completed request (`serving.models.atmos_temperature.Window`: its
+    `last_observed_at` is the resolved UTC hour), `answer` the response (`result`, `model.version`).
+    """
+    if model_name not in LOGGED_MODELS:
+        return None
+    return ServedForecast(
+        request_id=request_id,
+        model_name=model_name,
+        model_version=str(answer.model.version),
+        received_at=received_at,
+        last_observed_at=window.last_observed_at,
+        forecast=answer.result,
+        inputs=window.time_series,
+        covariates=window.covariates,
+    )
+
+
+_STOP = object()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A writer that died of a bug must say so (the queue then fills and drops are counted)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("prediction log writer stopped", exc_info=task.exception())
+
+
+class PredictionLog:
+    """A per-worker, bounded, batching writer of served forecasts (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_WAREHOUSE_URL,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_queue: int = 10_000,
+        batch_size: int = 500,
+        retry_seconds: float = 0.5,
+        max_retry_seconds: float = 5.0,
+        shutdown_seconds: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if max_queue < 1 or batch_size < 1:
+            raise ValueError(f"max_queue and batch_size must be >= 1, got {max_queue}, {batch_size}")
+        if not (retry_seconds > 0 and max_retry_seconds >= retry_seconds and shutdown_seconds >= 0):
+            raise ValueError("retry_seconds must be > 0, max_retry_seconds >= retry_seconds, shutdown_seconds >= 0")
+        self.url = url
+        self.max_queue = max_queue
+        self.batch_size = batch_size
+        self.retry_seconds = retry_seconds
+        self.max_retry_seconds = max_retry_seconds
+        self.shutdown_seconds = shutdown_seconds
+        self._connect_timeout = connect_timeout
+        registry = CollectorRegistry(auto_describe=True) if registry is None else registry
+        self.dropped = Counter(
+            "serving_prediction_log_dropped",
+            "Served forecasts not written to the warehouse, by reason (queue_full: warehouse down or slow; "
+            "rejected: the database refused the row; shutdown: unwritten at worker exit; closed: logged after exit)",
+            ["reason"],
+            registry=registry,
+        )
+        self.written = Counter(
+            "serving_prediction_log_written", "Served forecasts written to the warehouse", registry=registry
+        )
+        self.write_errors = Counter(
+            "serving_prediction_log_write_errors", "Failed batch inserts (each retried)", registry=registry
+        )
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
+        # Unbounded asyncio queue with our own bound, so the stop sentinel always fits.
+        self._queue: asyncio.Queue[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._engine: sa.Engine | None = None
+        self._tables_ready = False
+        self._inflight: list[dict[str, Any]] = []
+        self._closed = False
+        self.last_error: str | None = None
+
+    # -- request path -------------------------------------------------------------------------
+
+    def enqueue(self, record: ServedForecast) -> bool:
+        """Queue one record; never blocks, never raises. False when it was dropped (and counted)."""
+        if self._closed or self._queue is None:
+            self.dropped.labels("closed").inc()
+            return False
+        if self._queue.qsize() >= self.max_queue:
+            self.dropped.labels("queue_full").inc()
+            return False
+        try:
+            row = record.row()
+        except Exception as error:  # a record that cannot be serialised must not fail the request
+            log.warning("prediction log: record %s rejected: %s", getattr(record, "request_id", "?"), error)
+            self.dropped.labels("rejected").inc()
+            return False
+        self._queue.put_nowait(row)
+        return True
+
+    @property
+    def queued(self) -> int:
+        return 0 if self._queue is None else self._queue.qsize()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer task on the running loop (call once per worker)."""
+        if self._task is not None:
+            raise RuntimeError("PredictionLog already started")
+        self._queue = asyncio.Queue()
+        self._engine = create_warehouse_engine(self.url, self._connect_timeout)
+        self._task = asyncio.create_task(self._run(), name="prediction-log-writer")
+        self._task.add_done_callback(_report_crash)
+
+    async def close(self) -> None:
+        """Flush what is queued (for at most `shutdown_seconds`), then stop; the rest is counted as dropped."""
+        if self._task is None or self._queue is None or self._closed:
+            self._closed = True
+            return
+        self._closed = True
+        self._queue.put_nowait(_STOP)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=self.shutdown_seconds)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        finally:
+            lost = len(self._inflight) + sum(1 for item in self._drain() if item is not _STOP)
+            if lost:
+                log.warning("prediction log: %d served forecasts unwritten at shutdown (%s)", lost, self.last_error)
+                self.dropped.labels("shutdown").inc(lost)
+            self._inflight = []
+            if self._engine is not None:
+                await asyncio.to_thread(self._engine.dispose)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[PredictionLog]:
+        """`async with log.running():` in the app's lifespan."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.close()
+
+    # -- writer -------------------------------------------------------------------------------
+
+    def _drain(self) -> list[Any]:
+        items = []
+        assert self._queue is not None
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return items
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            first = await self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self._inflight = batch
+            await self._write_with_retries(batch)
+            self._inflight = []
+            if stop:
+                return
+
+    async def _write_with_retries(self, batch: list[dict[str, Any]]) -> None:
+        """Retry transient failures with capped backoff; rows the database refuses are dropped one by one."""
+        delay = self.retry_seconds
+        one_by_one = False
+        while batch:
+            try:
+                if one_by_one:
+                    await asyncio.to_thread(self._insert_one_by_one, batch)
+                else:
+                    await asyncio.to_thread(self._insert, batch)
+                    self.written.inc(len(batch))
+                    batch.clear()
+            except sa.exc.IntegrityError:
+                one_by_one = True  # e.g. a repeated request id: keep every other row
+            except Exception as error:  # connection refused, timeouts, locked database: retry
+                self.write_errors.inc()
+                self.last_error = f"{type(error).__name__}: {error}".splitlines()[0]
+                log.warning("prediction log: insert of %d rows failed, retrying in %.1f s: %s", len(batch), delay, self.last_error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_seconds)
+        self.last_error = None
+
+    def _insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        assert self._engine is not None
+        if not self._tables_ready:
+            ensure_tables(self._engine)
+            self._tables_ready = True
+        insert_served(self._engine, rows)
+
+    def _insert_one_by_one(self, rows: list[dict[str, Any]]) -> None:
+        """Insert row by row, removing each row from `rows` once written or refused by the database."""
+        assert self._engine is not None
+        while rows:
+            row = rows[0]
+            try:
+                insert_served(self._engine, [row])
+            except sa.exc.IntegrityError as error:
+                log.warning("prediction log: row %s rejected: %s", row.get("request_id"), str(error).splitlines()[0])
+                self.dropped.labels("rejected").inc()
+            else:
+                self.written.inc()
+            rows.pop(0)
