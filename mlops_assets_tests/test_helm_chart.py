@@ -39,7 +39,11 @@ NAMESPACE = "mlops-prod"
 FULLNAME = "mlops-mlops-assets"  # "<release>-<chart>"
 
 #: Kinds from CRDs that kubernetes-validate has no schema for: checked by structure below.
-CRD_KINDS = {("ray.io/v1", "RayCluster"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {
+    ("ray.io/v1", "RayCluster"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),  # see test_helm_monitoring.py
+}
 #: Kubernetes versions the manifests are validated against: the chart's minimum and a recent one.
 KUBE_VERSIONS = ("1.29.0", "1.33.0")
 #: Environment variable names that must only ever come from a Secret.
