@@ -157,20 +157,24 @@ def test_the_model_round_trips_through_mlflow_without_pickle(tmp_path: Path, dig
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     split = split_digits(digits)
+    models = [svc]
+    for config in ({"family": "nca_knn", "nca_components": 2}, {"family": "mlp", "mlp_hidden": 8}, {"family": "knn"}):
+        models.append(build_classifier({**KNOWN_GOOD, **config}).fit(split.train.images, split.train.labels))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(mlflow.models, "infer_pip_requirements", lambda *a, fallback=None, **k: list(fallback or []))
         mlflow.set_tracking_uri(uri)
         try:
             with mlflow.start_run():
-                info = mlflow.sklearn.log_model(svc, name="model", skops_trusted_types=SKOPS_TRUSTED_TYPES)
-            loaded = mlflow.sklearn.load_model(info.model_uri)
+                infos = [mlflow.sklearn.log_model(m, name=m.family, skops_trusted_types=SKOPS_TRUSTED_TYPES) for m in models]
+            loaded = [mlflow.sklearn.load_model(info.model_uri) for info in infos]
         finally:
             mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
-    stored = {p.name for p in Path(mlflow.artifacts.download_artifacts(info.model_uri, tracking_uri=uri)).iterdir()}
+    stored = {p.name for p in Path(mlflow.artifacts.download_artifacts(infos[0].model_uri, tracking_uri=uri)).iterdir()}
     assert "model.skops" in stored and not any(name.endswith((".pkl", ".pickle")) for name in stored), stored
-    assert isinstance(loaded, DigitClassifier)
-    np.testing.assert_array_equal(loaded.predict_proba(split.test.images), svc.predict_proba(split.test.images))
-    np.testing.assert_array_equal(loaded.index_images_, svc.index_images_)
+    for original, back in zip(models, loaded, strict=True):
+        assert isinstance(back, DigitClassifier) and back.family == original.family
+        np.testing.assert_array_equal(back.predict_proba(split.test.images), original.predict_proba(split.test.images))
+        np.testing.assert_array_equal(back.index_images_, original.index_images_)
 
 
 # --- the image table -----------------------------------------------------------------------------

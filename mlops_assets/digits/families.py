@@ -99,7 +99,9 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
             return MLPClassifier(
                 hidden_layer_sizes=(int(self.mlp_hidden),), alpha=float(self.mlp_alpha), max_iter=300, random_state=self.seed
             )
-        return KNeighborsClassifier(n_neighbors=int(self.knn_k))
+        # Brute force: ~1,350 points are searched as fast without a tree, and a KD/Ball tree's
+        # internals would need more skops trust (NCA with few components picks a KD tree).
+        return KNeighborsClassifier(n_neighbors=int(self.knn_k), algorithm="brute")
 
     def _embed_scaled(self, scaled: np.ndarray) -> np.ndarray:
         return scaled if self.embedding_ is None else self.embedding_.transform(scaled)
