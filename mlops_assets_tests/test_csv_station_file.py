@@ -66,6 +66,12 @@ def is_repeated_wall_time(instant: dt.datetime, zone: ZoneInfo) -> bool:
     return wall.replace(tzinfo=zone, fold=0).utcoffset() != wall.replace(tzinfo=zone, fold=1).utcoffset()
 
 
+def first_of_repeated(instant: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    """The earlier instant with the same local wall-clock time (itself unless in the repeated hour)."""
+    wall = instant.astimezone(zone).replace(tzinfo=None, fold=0)
+    return wall.replace(tzinfo=zone).astimezone(UTC)
+
+
 def render(instant: dt.datetime, zone: ZoneInfo, shape: str, separator: str, seconds: bool, compact_offset: bool) -> str:
     """`instant` as an exporting tool would write it in `shape` (offset, Z or naive local)."""
     shown = instant.astimezone(UTC if shape == "z" else zone)
@@ -95,7 +101,9 @@ def station_files(draw: st.DrawFn) -> dict:
     droppable = [i for i, t in enumerate(instants) if shape != "naive" or not is_repeated_wall_time(t, zone)]
     dropped = set(draw(st.lists(st.sampled_from(droppable), max_size=len(instants) - 1))) if droppable else set()
     instants = [t for i, t in enumerate(instants) if i not in dropped]
-    if shape != "naive":  # instants with their offset are complete in any order
+    if shape == "naive":  # a repeated hour seen once is read as the first (DST) one: add it when the history lacks it
+        instants = sorted({*instants, *(first_of_repeated(t, zone) for t in instants)})
+    else:  # instants with their offset are complete in any order
         instants = draw(st.permutations(instants))
     return {
         "zone": zone_name,
@@ -133,7 +141,7 @@ def test_times_in_every_shape_become_the_true_utc_instants(history: dict, names:
     assert list(frame["tmp"]) == pytest.approx([t.timestamp() / 3600 for t in expected])
 
 
-@settings(max_examples=40, deadline=None, database=None)
+@settings(max_examples=25, deadline=None, database=None)
 @given(zone_name=st.sampled_from(ZONES), year=st.integers(1985, 2035))
 def test_a_full_naive_local_year_keeps_every_hour_once(zone_name: str, year: int) -> None:
     """Every real hour of a local year appears once: the repeated hour twice, the skipped one never."""

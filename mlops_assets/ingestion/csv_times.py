@@ -89,23 +89,34 @@ def parse_times(values: Sequence[str] | pd.Series, timezone: str) -> pd.Series:
     return result
 
 
+def _pandas_zone(zone: ZoneInfo) -> str | ZoneInfo:
+    """The zone by name: pandas localizes named zones from compiled transition tables, ~35x faster
+    than through a ZoneInfo object (0.5 s for ten years of hours); the object when pandas lacks the name."""
+    try:
+        pd.Timestamp("2000-01-01").tz_localize(zone.key)
+    except KeyError:  # pytz's UnknownTimeZoneError
+        return zone
+    return zone.key
+
+
 def _localize_wall_times(wall: pd.Series, text: pd.Series, zone: ZoneInfo) -> pd.Series:
     """Wall-clock times of `zone` as UTC; the repeated hour resolved by order of appearance."""
+    named = _pandas_zone(zone)
     not_ambiguous_guess = np.zeros(len(wall), dtype=bool)
-    missing = wall.dt.tz_localize(zone, ambiguous=not_ambiguous_guess, nonexistent="NaT").isna().to_numpy()
+    missing = wall.dt.tz_localize(named, ambiguous=not_ambiguous_guess, nonexistent="NaT").isna().to_numpy()
     if missing.any():
         index = int(np.flatnonzero(missing)[0])
         raise TimeValueError(
             int(text.index[index]), str(text.iloc[index]),
             f"does not exist in {zone.key} (clocks skip that hour when they go forward); give the UTC offset or fix the time",
         )
-    ambiguous = wall.dt.tz_localize(zone, ambiguous="NaT", nonexistent="raise").isna().to_numpy()
+    ambiguous = wall.dt.tz_localize(named, ambiguous="NaT", nonexistent="raise").isna().to_numpy()
     is_first = np.ones(len(wall), dtype=bool)
     if ambiguous.any():
         repeated = wall[ambiguous]
         # The first time a repeated wall-clock time appears is the earlier instant (DST), later ones the second.
         is_first[ambiguous] = repeated.groupby(repeated).cumcount().eq(0).to_numpy()
-    return wall.dt.tz_localize(zone, ambiguous=is_first, nonexistent="raise").dt.tz_convert("UTC")
+    return wall.dt.tz_localize(named, ambiguous=is_first, nonexistent="raise").dt.tz_convert("UTC")
 
 
 def _raise_first(text: pd.Series, bad: np.ndarray, reason: str) -> None:
