@@ -11,3 +11,7 @@ CHAMPION_ALIAS = "champion"
 
 #: Embedded MLflow store (local SQLite) when MLFLOW_TRACKING_URI is unset.
 DEFAULT_TRACKING_URI = "sqlite:///.mlops/mlflow.db"
+
+#: Dagster concurrency pool of the tuning assets: the instance limits it to 1 (dagster.yaml,
+#: the chart's instance), so a second search waits instead of sharing the Ray cores or cluster.
+SEARCH_POOL = "ray_search"
