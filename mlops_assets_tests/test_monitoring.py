@@ -268,3 +268,31 @@ def test_served_drift_check_warns_on_shifted_inputs(tmp_path: Path) -> None:
     assert shifted.metadata["tmp_psi"].value > 1.0
     empty = evaluate_served_drift(reference, ServedInputs({}, 0, None, None), settings)
     assert empty.passed and "no forecasts" in (empty.description or "")
+
+
+# -- wiring -----------------------------------------------------------------------------------
+
+
+def test_monitoring_definitions_load_beside_the_project(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the lead adds to definitions.py resolves: job names, the check's asset, partition mapping, resources."""
+    from mlops_assets.definitions import defs
+    from mlops_assets.monitoring.checks import atmos_served_inputs_drift
+    from mlops_assets.monitoring.sensors import (
+        alert_on_run_failure,
+        champion_alias_sensor,
+        champion_degradation_sensor,
+        input_files_sensor,
+    )
+
+    project = defs() if callable(defs) else defs
+    monitoring = dg.Definitions(
+        assets=[atmos_forecast_accuracy],
+        asset_checks=[atmos_served_inputs_drift],
+        sensors=[champion_alias_sensor, input_files_sensor, champion_degradation_sensor, alert_on_run_failure],
+        resources={"monitoring": MonitoringSettings()},
+    )
+    merged = dg.Definitions.merge(project, monitoring)
+    dg.Definitions.validate_loadable(merged)
+    graph = merged.resolve_asset_graph()
+    assert dg.AssetKey("atmos_forecast_accuracy") in graph.get_all_asset_keys()
+    assert merged.resolve_sensor_def("champion_degradation_sensor").job_name == "atmos_training"

@@ -238,14 +238,22 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext) -> dg.SkipReason |
         "message": context.failure_event.message,
         "tags": {k: v for k, v in run.tags.items() if not k.startswith(".")},
         "step_failures": [
-            {"step": event.step_key, "error": event.event_specific_data.error.message.strip()}  # type: ignore[union-attr]
+            {"step": event.step_key, "error": _error_chain(getattr(event.event_specific_data, "error", None))}
             for event in context.get_step_failure_events()
-            if getattr(event.event_specific_data, "error", None) is not None
         ],
     }
     post_json(url, payload)
     context.log.info(f"alert for run {run.run_id} posted to {ALERT_WEBHOOK_ENV}")
     return None
+
+
+def _error_chain(error: Any) -> str:
+    """The messages of a serialized error and its causes (the root cause names the real problem), no traces."""
+    messages = []
+    while error is not None:
+        messages.append(str(error.message).strip())
+        error = error.cause
+    return " <- ".join(messages)
 
 
 def post_json(url: str, payload: dict[str, Any], timeout: float = 10.0) -> None:
