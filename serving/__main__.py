@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from serving.server import run
 from serving.settings import ServingSettings
@@ -13,7 +14,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     parser.add_argument("--host", default=defaults.host, help="listen address (SERVING_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=defaults.port, help="listen port (SERVING_PORT, default 8000)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2: one per core)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="worker processes (default: one per available core)",
+    )
     args = parser.parse_args(argv)
     run(args.host, args.port, args.workers)
 

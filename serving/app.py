@@ -33,6 +33,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.datastructures import State
 from litestar.openapi.spec import Components, Example, OpenAPIMediaType, Operation, RequestBody, SecurityScheme
 
+from serving.batching import Batcher, BatchSettings
 from serving.cache import MlflowResolver, ModelCache, ModelSlot
 from serving.errors import EXCEPTION_HANDLERS, ErrorBody, InvalidInput, MalformedBody, Unauthorized
 from serving.metrics import MetricsMiddleware, ServingMetrics
@@ -81,6 +82,20 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
     cache = ModelCache(
         {m.name: ModelSlot(m, settings.alias, resolver, metrics) for m in modules}, settings.poll_seconds
     )
+    batchers = {
+        m.name: Batcher(
+            m.name,
+            m.predict,
+            BatchSettings(
+                max_batch=min(settings.max_batch, m.max_batch or settings.max_batch),
+                max_wait_ms=settings.max_wait_ms,
+                deadline_ms=settings.deadline_ms,
+                inline_below_seconds=settings.inline_below_us / 1e6,
+            ),
+            metrics,
+        )
+        for m in modules
+    }
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -93,10 +108,12 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
             async with cache.running():
                 yield
         finally:
+            for batcher in batchers.values():
+                batcher.close()
             metrics.close()
 
     components = Components()
-    predict_handlers = [_predict_handler(m, cache.slots[m.name], settings) for m in modules]
+    predict_handlers = [_predict_handler(m, cache.slots[m.name], batchers[m.name], settings) for m in modules]
     if settings.api_token is not None:
         components.security_schemes = {
             _BEARER: SecurityScheme(type="http", scheme="bearer", description="SERVING_API_TOKEN")
@@ -121,11 +138,11 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
 
 
 def _predict_handler(
-    module: ModelModule[Any, Any, Any, Any], slot: ModelSlot, settings: ServingSettings
+    module: ModelModule[Any, Any, Any, Any], slot: ModelSlot, batcher: Batcher, settings: ServingSettings
 ) -> HTTPRouteHandler:
     decoder = msgspec.json.Decoder(module.request_type)
     encode = msgspec.json.Encoder().encode
-    build_input, predict, shape_response = module.build_input, module.predict, module.shape_response
+    build_input, shape_response, submit = module.build_input, module.shape_response, batcher.submit
     complete, uses_request = module.complete, module.response_uses_request
 
     async def handler(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -134,8 +151,7 @@ def _predict_handler(
         if complete is not None:
             payload = complete(payload)
         loaded = await slot.get()  # one read: this request finishes on this version
-        artifact = loaded.artifact
-        output = predict(artifact, build_input(artifact, payload))
+        output = await submit(loaded, build_input(loaded.artifact, payload))  # micro-batched
         answer = shape_response(output, loaded.ref, payload) if uses_request else shape_response(output, loaded.ref)
         return Response(encode(answer), status_code=200, media_type=MediaType.JSON)
 
@@ -165,7 +181,9 @@ def _predict_handler(
             "missing field, or covariates the champion needs.",
         ),
         503: ResponseSpec(
-            ErrorBody, description="No version of the model is loaded (the body names the model and says why)."
+            ErrorBody,
+            description="No version of the model is loaded, or the prediction cannot be made within "
+            "SERVING_DEADLINE_MS (`deadline_exceeded`); the body names the model and says why.",
         ),
     }
     guards = []

@@ -28,6 +28,8 @@ MULTIPROC_ENV = PROMETHEUS_MULTIPROC_ENV
 #: Request latency buckets (seconds): dense below 10 ms, where a healthy prediction lands.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED_ROUTE = "<unmatched>"
+#: Batch sizes: every size up to 8, then powers of two.
+BATCH_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 128)
 
 
 def multiprocess_dir() -> str | None:
@@ -96,6 +98,27 @@ class ServingMetrics:
             multiprocess_mode="liveall",
             registry=r,
         )
+        self.batch_size = Histogram(
+            "serving_batch_size",
+            "Requests predicted together in one call (micro-batching)",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "serving_queue_wait_seconds",
+            "Time a request waited for its batch to start",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predict_seconds = Histogram(
+            "serving_predict_seconds",
+            "Time of one batched predict call (in the model's predict thread)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def init_model(self, model: str) -> None:
@@ -106,6 +129,8 @@ class ServingMetrics:
         self.registry_poll_errors.labels(model)
         for outcome in ("ok", "error"):
             self.model_loads.labels(model, outcome)
+        for histogram in (self.batch_size, self.queue_wait, self.predict_seconds):
+            histogram.labels(model)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

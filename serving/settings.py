@@ -18,6 +18,11 @@ DEFAULT_MODELS: tuple[str, ...] = (ATMOS_MODEL_NAME, INSURANCE_MODEL_NAME)
 MAX_BODY_BYTES = 1024 * 1024
 #: Where workers share Prometheus samples (prometheus_client's multiprocess mode).
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Micro-batching defaults, chosen by measurement (bench/results/serving.md).
+DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_WAIT_MS = 2.0
+DEFAULT_DEADLINE_MS = 500.0
+DEFAULT_INLINE_BELOW_US = 100.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,14 @@ class ServingSettings:
     #: The registry alias that names the version to serve.
     alias: str = "champion"
     max_body_bytes: int = MAX_BODY_BYTES
+    #: Micro-batching (`serving.batching`): most rows in one predict call.
+    max_batch: int = DEFAULT_MAX_BATCH
+    #: How long queued requests may wait for a predict thread before a second batch starts.
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    #: A request that would wait longer than this for its prediction gets 503 at once.
+    deadline_ms: float = DEFAULT_DEADLINE_MS
+    #: An idle model whose predict calls take less than this (smoothed) predicts on the event loop.
+    inline_below_us: float = DEFAULT_INLINE_BELOW_US
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -51,6 +64,14 @@ class ServingSettings:
             raise ValueError("alias must not be empty")
         if self.max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch (SERVING_MAX_BATCH) must be >= 1, got {self.max_batch}")
+        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
+            raise ValueError(f"max_wait_ms (SERVING_MAX_WAIT_MS) must be >= 0, got {self.max_wait_ms}")
+        if not (math.isfinite(self.inline_below_us) and self.inline_below_us >= 0):
+            raise ValueError(f"inline_below_us (SERVING_INLINE_BELOW_US) must be >= 0, got {self.inline_below_us}")
+        if not (math.isfinite(self.deadline_ms) and self.deadline_ms > 0):
+            raise ValueError(f"deadline_ms (SERVING_DEADLINE_MS) must be > 0, got {self.deadline_ms}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
@@ -67,6 +88,10 @@ class ServingSettings:
             api_token=env.get("SERVING_API_TOKEN") or None,
             models=DEFAULT_MODELS if not models else tuple(m.strip() for m in models.split(",") if m.strip()),
             alias=env.get("SERVING_MODEL_ALIAS") or cls.alias,
+            max_batch=_int(env, "SERVING_MAX_BATCH", cls.max_batch),
+            max_wait_ms=_float(env, "SERVING_MAX_WAIT_MS", cls.max_wait_ms),
+            deadline_ms=_float(env, "SERVING_DEADLINE_MS", cls.deadline_ms),
+            inline_below_us=_float(env, "SERVING_INLINE_BELOW_US", cls.inline_below_us),
         )
 
 

@@ -51,6 +51,12 @@ def test_an_empty_token_means_no_auth() -> None:
         ({"SERVING_POLL_SECONDS": "nan"}, "poll_seconds must be a positive"),
         ({"SERVING_MODELS": ",,"}, "models is empty"),
         ({"SERVING_MODELS": "atmos_temperature,atmos_temperature"}, "lists a model twice"),
+        ({"SERVING_MAX_BATCH": "0"}, "SERVING_MAX_BATCH"),
+        ({"SERVING_MAX_BATCH": "many"}, "SERVING_MAX_BATCH must be an integer"),
+        ({"SERVING_MAX_WAIT_MS": "-1"}, "SERVING_MAX_WAIT_MS"),
+        ({"SERVING_DEADLINE_MS": "0"}, "SERVING_DEADLINE_MS"),
+        ({"SERVING_DEADLINE_MS": "inf"}, "SERVING_DEADLINE_MS"),
+        ({"SERVING_INLINE_BELOW_US": "-5"}, "SERVING_INLINE_BELOW_US"),
     ],
 )
 def test_bad_values_raise(env: dict[str, str], message: str) -> None:
@@ -63,3 +69,12 @@ def test_unknown_model_fails_create_app() -> None:
 
     with pytest.raises(ValueError, match="no serving module for model 'weather_balloon'"):
         create_app(ServingSettings(mlflow_tracking_uri="sqlite:///unused.db", models=("weather_balloon",)))
+
+
+def test_batching_settings_from_env() -> None:
+    settings = ServingSettings.from_env(
+        {"SERVING_MAX_BATCH": "8", "SERVING_MAX_WAIT_MS": "0.5", "SERVING_DEADLINE_MS": "250", "SERVING_INLINE_BELOW_US": "0"}
+    )
+    assert (settings.max_batch, settings.max_wait_ms, settings.deadline_ms, settings.inline_below_us) == (8, 0.5, 250.0, 0.0)
+    defaults = ServingSettings.from_env({})
+    assert defaults.max_batch >= 1 and defaults.deadline_ms > 0 and defaults.inline_below_us > 0

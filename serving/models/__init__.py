@@ -56,6 +56,8 @@ class ModelModule(Generic[ArtifactT, BodyT, InputT, OutputT]):
     #: Decoded request -> estimator input. Raises `InvalidInput` for what the type cannot express
     #: (e.g. covariates the loaded version needs). Must not talk to MLflow.
     build_input: Callable[[ArtifactT, BodyT], InputT]
+    #: Inputs of one or more requests stacked along axis 0 -> outputs, one entry per input row
+    #: (runs in a predict thread; see `serving.batching`).
     predict: Callable[[ArtifactT, InputT], OutputT]
     #: Estimator output + which version answered -> response body. Raises `InvalidInput` when the
     #: output cannot be answered (e.g. not finite). Called with the completed body as a third
@@ -73,6 +75,9 @@ class ModelModule(Generic[ArtifactT, BodyT, InputT, OutputT]):
     #: When True, `shape_response(output, model_ref, body)` also gets the completed body (for
     #: answers that echo the request, such as the forecast's hours).
     response_uses_request: bool = False
+    #: Most requests `predict` may get at once (micro-batching stacks their input rows and gives
+    #: each its slice of the output rows). 1 for a predict that answers a single row only.
+    max_batch: int | None = None
 
     @property
     def path(self) -> str:

@@ -1,0 +1,226 @@
+"""Adaptive micro-batching: concurrent requests for one model share one `predict` call.
+
+A one-row scikit-learn predict costs about what 8-32 rows cost (input validation, tree traversal
+set-up), so under load the service gathers the rows waiting for a model and predicts them
+together; each caller gets its own output row back. The rule (the same idea as BentoML's
+dispatcher and Ray Serve's `@serve.batch`, kept small):
+
+- an idle model dispatches a request at once, so batching costs nothing at concurrency 1; when its
+  predicts are cheap (smoothed batch time under `SERVING_INLINE_BELOW_US`) it even predicts on the
+  event loop: handing a call to a thread and back costs 40-160 us here, more than a linear or
+  compiled-tree predict, so for such models batching could only add latency;
+- while a batch runs, new requests queue; the queue is dispatched when the running batch ends,
+  or, on the second predict thread, as soon as it holds `max_batch` rows or its oldest request has
+  waited `max_wait_ms` (at most `CONCURRENT_BATCHES` batches run at once);
+- a batch holds rows of one loaded version only (a hot swap splits batches, never mixes them);
+- predict runs in a worker thread of this model whose BLAS/OpenMP pools are limited to one thread
+  (set once when the thread starts), so the event loop keeps parsing requests meanwhile;
+- a request that cannot finish within `deadline_ms` (its wait so far plus the recent batch time)
+  is answered 503 `deadline_exceeded` instead of queueing behind work it will not outlive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.errors import DeadlineExceeded
+from serving.metrics import ServingMetrics
+
+log = logging.getLogger(__name__)
+
+#: Batches of one model that may run at once: one gathers while the other predicts; more would
+#: only share the same core (a worker per core).
+CONCURRENT_BATCHES = 2
+#: Weight of the newest batch in the running estimate of a batch's duration (for deadlines).
+_SMOOTHING = 0.2
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_batch: int
+    max_wait_ms: float
+    deadline_ms: float
+    #: An idle model whose smoothed batch time is under this predicts inline (0: never).
+    inline_below_seconds: float = 100e-6
+
+
+@dataclass(slots=True)
+class _Pending:
+    loaded: Any  # serving.cache.LoadedModel; one batch = one version
+    row: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    queued_at: float
+
+
+def limit_to_one_thread() -> None:
+    """Thread initializer: one BLAS/OpenMP thread for predicts run by this thread.
+
+    OpenMP's thread count is per calling thread, so it must be set in the thread that predicts;
+    BLAS pools are process-wide (the server also sets OMP/OPENBLAS/MKL_NUM_THREADS=1).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+class Batcher:
+    """The queue and dispatcher of one served model in one worker."""
+
+    def __init__(self, name: str, predict: Any, settings: BatchSettings, metrics: ServingMetrics) -> None:
+        self.name = name
+        self.predict = predict  # (artifact, rows) -> outputs with one entry per row
+        self.settings = settings
+        self.metrics = metrics
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+        #: Threads (the event loop's) already limited to one BLAS/OpenMP thread for inline predicts.
+        self._limited_threads: set[int] = set()
+        #: Smoothed seconds per batch, measured (0 until the first batch).
+        self.batch_seconds = 0.0
+        self._executor = ThreadPoolExecutor(
+            CONCURRENT_BATCHES, thread_name_prefix=f"predict-{name}", initializer=limit_to_one_thread
+        )
+        self._batch_size = metrics.batch_size.labels(name)
+        self._queue_wait = metrics.queue_wait.labels(name)
+        self._predict_seconds = metrics.predict_seconds.labels(name)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, loaded: Any, row: np.ndarray) -> np.ndarray:
+        """Queue one request's input rows; returns its own rows of the batch's output."""
+        if not self._running and not self._queue and 0 < self.batch_seconds < self.settings.inline_below_seconds:
+            return self._predict_inline(loaded, row)
+        deadline = self.settings.deadline_ms / 1e3
+        if self._running and self._expected_seconds() > deadline:
+            raise DeadlineExceeded(
+                f"{self.name}: {len(self._queue)} requests queued, the expected wait "
+                f"({self._expected_seconds() * 1e3:.1f} ms) exceeds the deadline of "
+                f"{self.settings.deadline_ms:g} ms (SERVING_DEADLINE_MS); retry later",
+                self.name,
+            )
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(loaded, row, future, time.perf_counter()))
+        self._maybe_dispatch()
+        return await future
+
+    def _expected_seconds(self) -> float:
+        """Batches ahead of a new request (running + queued + its own) times the batch time."""
+        batches = 1 + -(-(len(self._queue) + 1) // self.settings.max_batch)
+        return batches * self.batch_seconds
+
+    def _maybe_dispatch(self) -> None:
+        queue, settings = self._queue, self.settings
+        while queue and self._running < CONCURRENT_BATCHES:
+            if self._running and len(queue) < settings.max_batch:
+                waited = time.perf_counter() - queue[0].queued_at
+                if waited * 1e3 < settings.max_wait_ms:
+                    self._arm_timer(settings.max_wait_ms / 1e3 - waited)
+                    return
+            self._dispatch()
+
+    def _arm_timer(self, delay: float) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._maybe_dispatch()
+
+    def _dispatch(self) -> None:
+        """Take the queue's head (one version, at most max_batch live requests) and predict it."""
+        now = time.perf_counter()
+        deadline = self.settings.deadline_ms / 1e3
+        batch: list[_Pending] = []
+        while self._queue and len(batch) < self.settings.max_batch:
+            pending = self._queue[0]
+            if batch and pending.loaded is not batch[0].loaded:
+                break
+            self._queue.popleft()
+            if pending.future.done():  # the client went away (cancelled)
+                continue
+            waited = now - pending.queued_at
+            if waited + self.batch_seconds > deadline:
+                pending.future.set_exception(
+                    DeadlineExceeded(
+                        f"{self.name}: waited {waited * 1e3:.1f} ms for a batch that takes about "
+                        f"{self.batch_seconds * 1e3:.1f} ms: past the deadline of {self.settings.deadline_ms:g} ms "
+                        "(SERVING_DEADLINE_MS); retry later",
+                        self.name,
+                    )
+                )
+                continue
+            self._queue_wait.observe(waited)
+            batch.append(pending)
+        if not batch:
+            return
+        self._running += 1
+        loaded = batch[0].loaded
+        rows = batch[0].row if len(batch) == 1 else np.vstack([p.row for p in batch])
+        task = asyncio.get_running_loop().run_in_executor(self._executor, self._timed_predict, loaded.artifact, rows)
+        task.add_done_callback(lambda done: self._finish(batch, done))
+
+    def _predict_inline(self, loaded: Any, row: np.ndarray) -> np.ndarray:
+        thread = threading.get_ident()
+        if thread not in self._limited_threads:
+            limit_to_one_thread()
+            self._limited_threads.add(thread)
+        output, seconds = self._timed_predict(loaded.artifact, row)
+        self._record(1, seconds)
+        self._queue_wait.observe(0.0)
+        return output
+
+    def _record(self, size: int, seconds: float) -> None:
+        self.batch_seconds = seconds if not self.batch_seconds else (
+            (1 - _SMOOTHING) * self.batch_seconds + _SMOOTHING * seconds
+        )
+        self._batch_size.observe(size)
+        self._predict_seconds.observe(seconds)
+
+    def _timed_predict(self, artifact: Any, rows: np.ndarray) -> tuple[Any, float]:
+        started = time.perf_counter()
+        output = self.predict(artifact, rows)
+        return output, time.perf_counter() - started
+
+    def _finish(self, batch: list[_Pending], done: asyncio.Future[tuple[Any, float]]) -> None:
+        self._running -= 1
+        try:
+            output, seconds = done.result()
+            rows = sum(pending.row.shape[0] for pending in batch)
+            if len(batch) > 1 and (not hasattr(output, "__len__") or len(output) != rows):
+                raise RuntimeError(
+                    f"{self.name}: predict answered {type(output).__name__} of length "
+                    f"{len(output) if hasattr(output, '__len__') else '?'} for {rows} stacked rows; "
+                    "a module whose predict answers one row only must set ModelModule(max_batch=1)"
+                )
+        except BaseException as exc:  # every caller of the batch gets the failure (a 500, logged once)
+            log.error("%s: predict failed for a batch of %d", self.name, len(batch), exc_info=exc)
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+        else:
+            self._record(len(batch), seconds)
+            if len(batch) == 1:  # the whole output, also for modules whose output is not row-sliceable
+                _resolve(batch[0].future, output)
+            else:
+                start = 0
+                for pending in batch:
+                    stop = start + pending.row.shape[0]
+                    _resolve(pending.future, output[start:stop])
+                    start = stop
+        self._maybe_dispatch()
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():  # a caller that went away has a cancelled future
+        future.set_result(value)
