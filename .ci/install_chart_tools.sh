@@ -8,7 +8,8 @@
 #   .tools/checkov/        a separate venv for checkov (it pins dozens of packages; it must not
 #                          touch the project's venv)
 #   kubernetes-validate    into the project venv (.venv), it is in the `test` extras
-#   .tools/bin/promtool    from Debian's prometheus package (apt-get download, only the binary)
+#   .tools/bin/promtool    promtool and prometheus from Debian's prometheus package (apt-get
+#   .tools/bin/prometheus  download, only the two binaries)
 #
 # Environment overrides: PYTHON (python for the checkov venv), PROJECT_VENV (default .venv),
 # SKIP_CHECKOV=1 (do not install checkov), SKIP_PROMTOOL=1 (do not fetch promtool).
@@ -106,34 +107,37 @@ else
   ln -sfn "$CHECKOV_VENV/bin/checkov" "$BIN/checkov"
 fi
 
-# ------------------------------------------------------------------------------------ promtool
-# promtool (Prometheus' rule checker and rule unit tester) for test_helm_monitoring.py, taken
-# from Debian's `prometheus` package: no PyPI or npm package ships the binary. `apt-get download`
-# only fetches the .deb (no install, no service, no dependencies); just usr/bin/promtool is
-# unpacked into .tools/bin. SKIP_PROMTOOL=1 skips it.
+# ------------------------------------------------------------------------- promtool, prometheus
+# promtool (Prometheus' rule checker and rule unit tester) and the prometheus server (it scrapes
+# the real service in the slow dashboard test) for test_helm_monitoring.py, taken from Debian's
+# `prometheus` package: no PyPI or npm package ships the binaries. `apt-get download` only
+# fetches the .deb (no install, no service, no dependencies); just usr/bin/promtool and
+# usr/bin/prometheus are unpacked into .tools/bin. SKIP_PROMTOOL=1 skips them.
 promtool_ok() {
-  [ -x "$BIN/promtool" ] && "$BIN/promtool" --version 2>/dev/null | grep -Eq '^promtool, version [23]\.'
+  [ -x "$BIN/promtool" ] && "$BIN/promtool" --version 2>/dev/null | grep -Eq '^promtool, version [23]\.' \
+    && [ -x "$BIN/prometheus" ] && "$BIN/prometheus" --version 2>/dev/null | grep -Eq '^prometheus, version [23]\.'
 }
 if [ "${SKIP_PROMTOOL:-0}" = "1" ]; then
-  log "SKIP_PROMTOOL=1: not installing promtool"
+  log "SKIP_PROMTOOL=1: not installing promtool and prometheus"
 elif promtool_ok; then
-  log "promtool present: $("$BIN/promtool" --version 2>&1 | head -1)"
+  log "promtool and prometheus present: $("$BIN/promtool" --version 2>&1 | head -1)"
 else
   command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
     || { log "apt-get and dpkg-deb are needed to fetch promtool (Debian's prometheus package)"; exit 1; }
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
-  log "fetching Debian's prometheus package for promtool"
+  log "fetching Debian's prometheus package for promtool and prometheus"
   # A machine whose package lists were never fetched knows no `prometheus`: update once, retry.
   (cd "$work" && apt-get download -q prometheus >/dev/null 2>&1) \
     || { quiet apt-get update -q && (cd "$work" && quiet apt-get download -q prometheus); }
   deb="$(ls "$work"/prometheus_*.deb)"
-  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work" ./usr/bin/promtool
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work" ./usr/bin/promtool ./usr/bin/prometheus
   mv -f "$work/usr/bin/promtool" "$BIN/promtool"
+  mv -f "$work/usr/bin/prometheus" "$BIN/prometheus"
   rm -rf "$work"
   trap - EXIT
-  promtool_ok || { log "installed promtool does not run"; exit 1; }
-  log "installed $("$BIN/promtool" --version 2>&1 | head -1)"
+  promtool_ok || { log "installed promtool or prometheus does not run"; exit 1; }
+  log "installed promtool and prometheus: $("$BIN/promtool" --version 2>&1 | head -1)"
 fi
 
 log "done: $BIN"
