@@ -143,6 +143,13 @@ def test_the_neighbour_index_finds_the_training_image_itself(digits: LabelledDig
     order, _ = nca.nearest(split.test.images[:50], k=1)
     agreement = np.mean(nca.index_labels_[order[:, 0]] == split.test.labels[:50])
     assert agreement >= 0.94
+    np.testing.assert_allclose(nca.embed(split.test.images), nca.embedding_.transform(split.test.images / 16), rtol=1e-12)
+    for model in (svc, nca):  # what the service calls: one embedding for both answers
+        probabilities, order, distances = model.explain(split.test.images[:7], k=3)
+        np.testing.assert_array_equal(probabilities, model.predict_proba(split.test.images[:7]))
+        expected_order, expected_distances = model.nearest(split.test.images[:7], k=3)
+        np.testing.assert_array_equal(order, expected_order)
+        np.testing.assert_array_equal(distances, expected_distances)
 
 
 def test_unknown_configurations_are_refused() -> None:

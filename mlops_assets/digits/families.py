@@ -104,7 +104,8 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         return KNeighborsClassifier(n_neighbors=int(self.knn_k), algorithm="brute")
 
     def _embed_scaled(self, scaled: np.ndarray) -> np.ndarray:
-        return scaled if self.embedding_ is None else self.embedding_.transform(scaled)
+        # NCA's transform is this product; called directly it skips ~1 ms of input validation per request.
+        return scaled if self.embedding_ is None else scaled @ self.embedding_.components_.T
 
     def embed(self, X: np.ndarray) -> np.ndarray:
         """Images -> the space the neighbour index lives in."""
@@ -119,10 +120,20 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
+    def explain(self, X: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`predict_proba` and `nearest` from one embedding of `X` (what the service answers)."""
+        check_is_fitted(self, "index_embedding_")
+        query = self.embed(X)
+        probabilities = np.asarray(self.head_.predict_proba(query), dtype="float64")
+        order, distances = self._nearest(query, k)
+        return probabilities, order, distances
+
     def nearest(self, X: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
         """Indices into the index and Euclidean distances (in the embedding) of the k closest training images."""
         check_is_fitted(self, "index_embedding_")
-        query = self.embed(X)
+        return self._nearest(self.embed(X), k)
+
+    def _nearest(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         index = self.index_embedding_
         squared = (query**2).sum(axis=1)[:, None] - 2 * query @ index.T + (index**2).sum(axis=1)[None, :]
         distances = np.sqrt(np.maximum(squared, 0.0))

@@ -128,9 +128,8 @@ def decode_body(body: bytes, content_type: str) -> DigitsRequest:
 
 def predict(model: DigitModel, pixels: np.ndarray) -> DigitsOutput:
     classifier = model.classifier
-    probabilities = np.asarray(classifier.predict_proba(pixels), dtype="float64")[0]
-    order, distances = classifier.nearest(pixels, NEAREST)
-    return DigitsOutput(probabilities, order[0], distances[0], classifier.index_labels_, classifier.index_images_)
+    probabilities, order, distances = classifier.explain(pixels, NEAREST)
+    return DigitsOutput(probabilities[0], order[0], distances[0], classifier.index_labels_, classifier.index_images_)
 
 
 def shape_response(output: DigitsOutput, model: ModelRef) -> DigitsResponse:
