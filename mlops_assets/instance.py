@@ -111,14 +111,15 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
         return cls(inst_data=inst_data, **config_value)
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        events = [event for event in events if self._keeps(event)]
-        if not events:
-            return
-        if any(event.dagster_event is None or event.dagster_event.event_type not in _BATCHED_TYPES for event in events):
-            super().store_event_batch(events)
-            return
-        for run_id in dict.fromkeys(event.run_id for event in events):
-            self._store_run_batch([event for event in events if event.run_id == run_id])
+        kept = [event for event in events if self._keeps(event)]
+        batched = [event for event in kept if event.dagster_event is not None and event.dagster_event.event_type in _BATCHED_TYPES]
+        # Run creation's batch mixes planned checks (few, with their own check tables) into the
+        # planned materializations: those keep Dagster's one-by-one path.
+        for event in kept:
+            if event.dagster_event is None or event.dagster_event.event_type not in _BATCHED_TYPES:
+                self.store_event(event)
+        for run_id in dict.fromkeys(event.run_id for event in batched):
+            self._store_run_batch([event for event in batched if event.run_id == run_id])
 
     def _keeps(self, event: EventLogEntry) -> bool:
         """SQLite does not store "failed to materialize" events (Dagster filters them the same way)."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from mlops_assets.cli import command_prefix, main, next_steps
@@ -180,3 +181,61 @@ def test_the_printed_prefix_runs(tmp_path: Path) -> None:
     ).stdout.strip()
     done = subprocess.run([*shlex.split(prefix), "--help"], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert done.returncode == 0 and "materialize" in done.stdout
+
+
+@dg.asset(
+    partitions_def=dg.DailyPartitionsDefinition(start_date="2024-01-01"),
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    check_specs=[dg.AssetCheckSpec("ok", asset="daily")],
+)
+def daily(context) -> dg.MaterializeResult:  # type: ignore[no-untyped-def]  # a string annotation (future import) is refused
+    """A partitioned asset with a check; fails when the run is tagged `fail`."""
+    if "fail" in context.run.tags:
+        raise RuntimeError("planned, then failed")
+    return dg.MaterializeResult(metadata={"n": len(context.partition_keys)}, check_results=[dg.AssetCheckResult(passed=True)])
+
+
+def test_batched_event_writes_keep_dagster_s_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same partitions, asset records and failed partitions as Dagster's one-by-one SQLite writes."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from mlops_assets.instance import BatchingSqliteEventLogStorage, open_instance
+
+    batches: list[int] = []
+    original = BatchingSqliteEventLogStorage._store_run_batch
+    monkeypatch.setattr(
+        BatchingSqliteEventLogStorage, "_store_run_batch",
+        lambda self, events: (batches.append(len(events)), original(self, events))[1],
+    )
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+
+    def run(instance: dg.DagsterInstance, first: str, last: str, **tags: str) -> None:
+        range_tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last, **tags}
+        dg.materialize([daily], instance=instance, tags=range_tags, raise_on_error=False)
+
+    def observed(instance: dg.DagsterInstance) -> tuple[object, ...]:
+        key = dg.AssetKey("daily")
+        record = instance.get_asset_records([key])[0].asset_entry
+        attempts = instance.event_log_storage.get_latest_asset_partition_materialization_attempts_without_materializations(key)
+        return (
+            sorted(instance.get_materialized_partitions(key)),
+            record.last_materialization_record.partition_key if record.last_materialization_record else None,
+            sorted(attempts),
+            len(instance.fetch_materializations(key, limit=100).records),
+        )
+
+    results = []
+    for batched in (True, False):
+        folder = tmp_path / ("batched" if batched else "default")
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        with open_instance({}) if batched else dg.DagsterInstance.local_temp(str(folder)) as instance:
+            assert isinstance(instance.event_log_storage, BatchingSqliteEventLogStorage) == batched
+            run(instance, "2024-01-01", "2024-01-05")
+            run(instance, "2024-01-04", "2024-01-08", fail="yes")
+            results.append(observed(instance))
+    assert results[0] == results[1]
+    assert results[0] == (
+        [f"2024-01-0{day}" for day in range(1, 6)], "2024-01-05", [f"2024-01-0{day}" for day in range(4, 9)], 5
+    )
+    assert batches and max(batches) >= 5  # the planned events and the materializations went as batches
