@@ -102,6 +102,23 @@ def test_a_kma_error_fails_the_run_with_the_reason_and_writes_nothing(
     assert warehouse.read_observations("108").empty
 
 
+def test_a_kma_outage_is_retried_by_the_client_only_not_again_by_the_step(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """The client backs off and retries; a step retry on top would multiply calls against the daily quota."""
+    warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}")
+    with running_kma_server() as kma:
+        kma.set_default(Scenario.http_error(503))
+        source = KmaObservationSource(service_key=kma.service_key, endpoint=kma.endpoint)
+        result = dg.materialize(
+            [raw_atmos_observations], resources={"source": source, "warehouse": warehouse}, instance=instance,
+            partition_key="2019-01-05", raise_on_error=False,
+        )
+        calls = len(kma.requests)
+    assert not result.success
+    assert "KmaRetriesExhaustedError" in _failure_message(result)
+    assert calls == 5, f"{calls} calls: the step's retry policy re-ran the client's retries"
+    assert not [event for event in result.all_events if event.event_type_value == "STEP_UP_FOR_RETRY"]
+
+
 def test_a_kma_500_then_success_is_retried_by_the_client(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}")
     with running_kma_server() as kma:

@@ -5,7 +5,8 @@ import datetime as dt
 import dagster as dg
 
 from mlops_assets.constants import ATMOS_GROUP
-from mlops_assets.ingestion.kma import KmaAuthError, KmaCallLimitError, KmaRequestError
+from mlops_assets.ingestion.kma import KmaApiError
+from mlops_assets.ingestion.observations import SourceConfigError
 from mlops_assets.ingestion.sources import CsvFormatError, ObservationSource, local_day_bounds
 from mlops_assets.resources.warehouse import WarehouseResource
 
@@ -13,8 +14,11 @@ from mlops_assets.resources.warehouse import WarehouseResource
 #: `end_offset=1` admits the current UTC day, which is already complete for stations east of UTC.
 atmos_daily_partitions = dg.DailyPartitionsDefinition(start_date="2000-01-01", end_offset=1)
 
-#: Errors that another attempt cannot fix: fail the run at once with the reason.
-PERMANENT_ERRORS: tuple[type[Exception], ...] = (KmaAuthError, KmaCallLimitError, KmaRequestError, CsvFormatError, ValueError)
+#: Errors that another attempt of the step cannot fix: fail the run at once with the reason. A KMA
+#: client that gave up has already retried with backoff (KmaRetriesExhaustedError is a KmaApiError):
+#: re-running the step would multiply calls against the daily quota. Anything else (a warehouse
+#: hiccup, a bug) keeps the step's retry policy.
+PERMANENT_ERRORS: tuple[type[Exception], ...] = (KmaApiError, CsvFormatError, SourceConfigError)
 
 
 @dg.asset(
@@ -37,7 +41,9 @@ def raw_atmos_observations(
     try:
         frame = source.fetch(first_day, last_day)
         if frame.empty:
-            raise ValueError(f"the source returned no observations for {source.station} {first_day}..{last_day}")
+            raise dg.Failure(
+                f"the source returned no observations for {source.station} {first_day}..{last_day}", allow_retries=False
+            )
         start, end = local_day_bounds(first_day, last_day, source.timezone)
         written = warehouse.replace_observations(source.station, start, end, frame)
     except PERMANENT_ERRORS as error:

