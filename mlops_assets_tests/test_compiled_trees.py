@@ -202,3 +202,25 @@ def test_the_service_calls_the_compiled_path_for_boosted_champions(fitted_famili
         call, path = predictor(model, X.shape[1])
         assert path == "compiled", family
         np.testing.assert_array_equal(call(X[:32]), model.predict(X[:32]))
+
+
+def test_another_tree_evaluator_can_replace_the_numpy_walk(fitted_families: dict) -> None:
+    """`trees=` gets each group of packed boosters once and is what runs at predict time."""
+    model, X = fitted_families["ridge_boost", "level"]
+    seen: list[compiled_trees.PackedTrees] = []
+    calls: list[int] = []
+
+    def backend(packed: compiled_trees.PackedTrees):  # type: ignore[no-untyped-def]
+        seen.append(packed)
+
+        def evaluate(rows: np.ndarray) -> np.ndarray:
+            calls.append(len(rows))
+            return packed.predict(rows) + 1.0  # visibly different: proves this function ran
+
+        return evaluate
+
+    compiled = compile_or_raise(model, trees=backend)
+    assert len(seen) == 1 and seen[0].n_boosters == 6 and seen[0].n_trees == 40
+    shifted = compiled(X[:5])
+    assert calls == [5]
+    assert np.abs(shifted - model.predict(X[:5])).max() > 0.1

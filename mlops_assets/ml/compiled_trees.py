@@ -48,6 +48,7 @@ class PackedTrees:
     missing_left: np.ndarray  # (n_nodes,) bool
     left: np.ndarray  # (n_nodes,) intp
     right: np.ndarray  # (n_nodes,) intp
+    step_left: np.ndarray  # (n_nodes,) intp, right - left: next = right - go_left * step_left
     value: np.ndarray  # (n_nodes,) float64, read at leaves only
     roots: np.ndarray  # (n_boosters * n_trees,) intp, booster-major
     baseline: np.ndarray  # (n_boosters,) float64
@@ -60,14 +61,6 @@ class PackedTrees:
     @property
     def n_boosters(self) -> int:
         return len(self.baseline)
-
-    @property
-    def step_left(self) -> np.ndarray:
-        """right - left per node, to turn a go-left decision into the next node arithmetically."""
-        return self._step_left
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_step_left", self.right - self.left)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(n_rows, n_boosters): each booster's `predict` for float64 rows `X`."""
@@ -193,6 +186,7 @@ class PackedTrees:
             missing_left=missing_left,
             left=left,
             right=right,
+            step_left=right - left,
             value=value,
             roots=roots,
             baseline=baseline,
