@@ -290,3 +290,17 @@ def test_the_size_is_read_from_the_header_before_decoding() -> None:
     assert png_size(_bomb_header(123, 45)) == (123, 45)
     with pytest.raises(ImageError, match="blank"):
         to_dataset_form(np.zeros((20, 20)))
+
+
+def test_the_source_follows_digits_data_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from mlops_assets.digits.source import build_digits_source
+
+    monkeypatch.delenv("DIGITS_DATA_PATH", raising=False)
+    assert isinstance(build_digits_source(), BundledDigitsSource)
+    images, labels = _good()
+    np.savez(tmp_path / "mine.npz", images=images, labels=labels)
+    monkeypatch.setenv("DIGITS_DATA_PATH", str(tmp_path / "mine.npz"))
+    source = build_digits_source()
+    assert isinstance(source, NpzDigitsSource)
+    with dg.build_resources({"digits_source": source}) as resources:  # dg.EnvVar resolves when a run starts
+        assert len(resources.digits_source.load()) == 30
