@@ -134,7 +134,7 @@ class PredictionLog:
         self._task: asyncio.Task[None] | None = None
         self._engine: sa.Engine | None = None
         self._tables_ready = False
-        self._inflight: list[dict[str, Any]] = []
+        self._inflight: list[Any] = []
         self._closed = False
         self.last_error: str | None = None
 
@@ -148,13 +148,7 @@ class PredictionLog:
         if self._queue.qsize() >= self.max_queue:
             self.dropped.labels("queue_full").inc()
             return False
-        try:
-            row = record.row()
-        except Exception as error:  # a record that cannot be serialised must not fail the request
-            log.warning("prediction log: record %s rejected: %s", getattr(record, "request_id", "?"), error)
-            self.dropped.labels("rejected").inc()
-            return False
-        self._queue.put_nowait(row)
+        self._queue.put_nowait(record)  # serialised later, in the writer's thread
         return True
 
     @property
@@ -232,7 +226,9 @@ class PredictionLog:
                     break
                 batch.append(item)
             self._inflight = batch
-            await self._write_with_retries(batch)
+            rows = await asyncio.to_thread(self._rows, batch)
+            self._inflight = rows
+            await self._write_with_retries(rows)
             self._inflight = []
             if stop:
                 return
@@ -258,6 +254,17 @@ class PredictionLog:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_seconds)
         self.last_error = None
+
+    def _rows(self, records: Sequence[ServedForecast]) -> list[dict[str, Any]]:
+        """Insert parameters (JSON text, UTC times); a record that cannot be serialised is dropped as rejected."""
+        rows = []
+        for record in records:
+            try:
+                rows.append(record.row())
+            except Exception as error:  # must not stop the writer: counted and logged, never silent
+                log.warning("prediction log: record %s rejected: %s", getattr(record, "request_id", "?"), error)
+                self.dropped.labels("rejected").inc()
+        return rows
 
     def _insert(self, rows: Sequence[dict[str, Any]]) -> None:
         assert self._engine is not None
