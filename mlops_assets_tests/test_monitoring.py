@@ -296,3 +296,49 @@ def test_monitoring_definitions_load_beside_the_project(monkeypatch: pytest.Monk
     graph = merged.resolve_asset_graph()
     assert dg.AssetKey("atmos_forecast_accuracy") in graph.get_all_asset_keys()
     assert merged.resolve_sensor_def("champion_degradation_sensor").job_name == "atmos_training"
+
+
+def test_drift_check_runs_with_its_resources_on_stored_features(tmp_path: Path) -> None:
+    """The decorated check itself: training windows rebuilt from the warehouse, served rows read back."""
+    from mlops_assets.features.cleaning import clean_observations
+    from mlops_assets.monitoring.checks import atmos_served_inputs_drift
+
+    warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}")
+    sample = load_sample_observations(STATION)
+    cleaned, _ = clean_observations(sample)
+    warehouse.replace_features(STATION, cleaned)
+    observed = pd.Series(sample["tmp"].to_numpy(), index=pd.DatetimeIndex(sample["time"])).dropna()
+    issued = [pd.Timestamp("2013-03-10", tz="UTC") + pd.Timedelta(hours=h) for h in range(0, 24 * 5, 4)]
+    rows = served_rows(observed, issued, "1", np.zeros(24), "k")
+    kelvin = [
+        ServedForecast(r.request_id, r.model_name, r.model_version, r.received_at, r.last_observed_at, r.forecast, [v + 273.15 for v in r.inputs])
+        for r in rows
+    ]
+    ensure_tables(warehouse.engine)
+    insert_served(warehouse.engine, [r.row() for r in kelvin])
+    result = atmos_served_inputs_drift(source=SampleObservationSource(station_id=STATION), warehouse=warehouse, monitoring=MonitoringSettings())
+    assert isinstance(result, dg.AssetCheckResult)
+    assert result.passed is False and result.metadata["drifted"].value == ["tmp"]
+    assert result.metadata["per_variable"].value["tmp"]["outside_reference_range"] == 1.0
+
+
+def test_accuracy_automation_requests_only_the_last_days_after_the_cron_tick() -> None:
+    before = dt.datetime(2026, 3, 10, 5, 59, tzinfo=UTC)
+    after = dt.datetime(2026, 3, 10, 6, 1, tzinfo=UTC)
+    defs = dg.Definitions(
+        assets=[atmos_forecast_accuracy],
+        resources={"source": SampleObservationSource(), "warehouse": WarehouseResource(), "registry": MlflowRegistry()},
+    )  # resources are not touched while evaluating conditions
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=before)
+        assert first.total_requested == 0
+        second = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, evaluation_time=after, cursor=first.cursor
+        )
+        requested = sorted(second.get_requested_partitions(atmos_forecast_accuracy.key))
+        # end_offset=1 admits the current UTC day; the 4-day lookback reaches back to 03-07.
+        assert requested == ["2026-03-07", "2026-03-08", "2026-03-09", "2026-03-10"]
+        third = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, evaluation_time=after + dt.timedelta(minutes=1), cursor=second.cursor
+        )
+        assert third.total_requested == 0  # once per tick

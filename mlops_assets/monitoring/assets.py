@@ -44,7 +44,7 @@ ACCURACY_CONDITION = (
     dg.AutomationCondition.in_latest_time_window(dt.timedelta(days=4))
     & dg.AutomationCondition.cron_tick_passed("0 6 * * *")
     & ~dg.AutomationCondition.in_progress()
-).with_label("daily at 06:00 UTC, the last 4 days")
+).with_label("daily at 06:00 UTC: the current UTC day and the 3 before")
 
 
 @dg.asset(
