@@ -79,6 +79,11 @@ def test_search_promotes_then_refuses_an_equal_model_then_rolls_back(
     assert finished and all("val_mae_h24" in trial.data.metrics for trial in finished)
     model_info = mlflow.models.get_model_info(f"models:/{ATMOS_MODEL_NAME}/1")
     assert model_info.signature is not None and model_info.saved_input_example_info is not None
+    tuned_metadata = first.asset_materializations_for_node("atmos_tuned_model")[0].metadata
+    assert "compiled_as" in tuned_metadata  # what the service will evaluate, proven on the whole test set
+    if tuned_metadata["compiled_as"].value != "none":
+        assert tuned_metadata["compiled_max_abs_diff"].value <= 1e-9
+        assert parent.data.metrics["compiled_max_abs_diff"] <= 1e-9
     checks = {evaluation.check_name: evaluation.passed for evaluation in first.get_asset_check_evaluations()}
     assert checks == {"atmos_tuned_model_beats_baselines": True, "atmos_champion_serves": True}
 

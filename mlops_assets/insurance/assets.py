@@ -10,6 +10,7 @@ from mlops_assets.constants import CHAMPION_ALIAS, INSURANCE_GROUP, INSURANCE_MO
 from mlops_assets.insurance.policies import PolicySchemaError, validate_policies
 from mlops_assets.insurance.search import fit_and_score, insurance_trial, median_baseline_mae
 from mlops_assets.insurance.sources import PolicySource
+from mlops_assets.ml.model_io import log_compiled_parity
 from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, TARGET, Split, search_space, split_policies
 from mlops_assets.promotion.registry_promotion import promote_tuned_model
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
@@ -117,8 +118,10 @@ def _search(
         input_example=example,
         skops_trusted_types=SKOPS_TRUSTED_TYPES,
     )
+    parity = log_compiled_parity(refit.model, outer.test[list(FEATURES)])
     context.add_output_metadata(
         {
+            **parity,
             "mlflow_run_id": parent_run_id,
             "mlflow_run": dg.MetadataValue.url(registry.run_url(experiment_id, parent_run_id)),
             "family": str(outcome.best.config.get("family")),

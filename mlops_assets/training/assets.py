@@ -10,7 +10,7 @@ from mlops_assets.features.assets import atmos_features
 from mlops_assets.ingestion.sources import ObservationSource
 from mlops_assets.ml import forecasters
 from mlops_assets.ml.metrics import baseline_maes, baselines_per_horizon
-from mlops_assets.ml.model_io import log_forecaster
+from mlops_assets.ml.model_io import log_compiled_parity, log_forecaster
 from mlops_assets.ml.windows import TrainingWindows, build_training_windows
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER
@@ -118,6 +118,7 @@ def _search_and_refit(
     model_info = _log_refit(
         refit, windows, outcome.best.config, outcome.best.metrics, baselines, outcome.wall_seconds, len(outcome.trials)
     )
+    parity = log_compiled_parity(refit.model, windows.test.features(refit.spec))
     plots = {}
     for name, figure in (
         ("per_horizon_mae", horizon_error_figure(refit.test_per_horizon_mae, baselines_per_horizon(windows.test))),
@@ -150,6 +151,7 @@ def _search_and_refit(
             "trials_stopped_early": sum("fit_seconds" not in trial.metrics for trial in outcome.trials),
             "errored_trials": outcome.errored_trials,
             "search_seconds": round(outcome.wall_seconds, 1),
+            **parity,
             "val_mae": round(tuned.val_score, 4),
             "test_mae": round(tuned.test_score, 4),
             "test_mae_persistence": round(baselines["persistence"], 4),
