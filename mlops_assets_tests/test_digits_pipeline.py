@@ -22,6 +22,7 @@ from mlops_assets.digits.source import BundledDigitsSource
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.resources import TuningResource
+from mlops_assets.training.tuned_model import TunedModel
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +57,7 @@ def test_search_promotes_then_worse_challengers_are_rejected(tmp_path: Path, mlf
     )
     tuned = first.output_for_node("digits_tuned_model")
     assert tuned.metric == "test_error_rate" and tuned.trials == 4
+    assert TunedModel.from_dict(json.loads(json.dumps(tuned.to_dict()))) == tuned  # what the MLflow I/O manager stores
     assert tuned.details["test_accuracy"] >= 0.95, tuned
     assert tuned.test_score < tuned.baselines["knn3_raw"] < tuned.baselines["majority"]
     champion_meta = first.asset_materializations_for_node("digits_champion_model")[0].metadata

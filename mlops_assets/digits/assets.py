@@ -153,7 +153,8 @@ def _search(
         trainable_kwargs={"train": inner.train, "validation": inner.test},
         points_to_evaluate=points,
     )
-    best_config = dict(outcome.best.config)
+    # Plain Python values: the TunedModel is stored as JSON in MLflow (NumPy scalars are not JSON).
+    best_config = {key: value.item() if isinstance(value, np.generic) else value for key, value in outcome.best.config.items()}
     refit = fit_and_score(best_config, outer.train, outer.test)  # refit on all of train, score the holdout once
     base = baselines(outer.train, outer.test)
     val_error = outcome.best.metrics["val_error_rate"]
