@@ -32,7 +32,7 @@ class AccuracyResult:
     pending: int
     incomplete: int
     last_observed_hour: pd.Timestamp | None
-    #: (version, day) -> count of forecasts not scored yet, for the metadata.
+    #: version -> forecasts still waiting for their hours to be observed.
     pending_by_version: dict[str, int] = field(default_factory=dict)
 
 

@@ -86,6 +86,7 @@ def atmos_forecast_accuracy(
         "forecasts_scored": result.scored,
         "forecasts_pending": result.pending,
         "forecasts_incomplete": result.incomplete,
+        "pending_by_version": dg.MetadataValue.json(result.pending_by_version),
         "last_observed_hour_utc": str(result.last_observed_hour) if result.last_observed_hour is not None else None,
         "dagster/row_count": len(result.rows),
         "versions": dg.MetadataValue.json(versions),
