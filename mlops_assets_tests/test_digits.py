@@ -187,8 +187,8 @@ def test_the_model_round_trips_through_mlflow_without_pickle(tmp_path: Path, dig
 # --- the image table -----------------------------------------------------------------------------
 
 
-def test_digit_images_lands_in_the_warehouse_and_reloads_replace(tmp_path: Path, instance: dg.DagsterInstance) -> None:
-    warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}")
+def test_digit_images_lands_in_the_warehouse_and_reloads_replace(tmp_path: Path, warehouse_url: str, instance: dg.DagsterInstance) -> None:
+    warehouse = WarehouseResource(url=warehouse_url)  # SQLite and the real PostgreSQL
     for _ in range(2):
         result = dg.materialize([digit_images], resources={"digits_source": BundledDigitsSource(), "warehouse": warehouse}, instance=instance)
         metadata = result.asset_materializations_for_node("digit_images")[0].metadata
