@@ -13,6 +13,14 @@ from mlops_assets.insurance.assets import (
     insurance_tuned_model,
     insurance_tuned_model_beats_baseline,
 )
+from mlops_assets.monitoring.assets import atmos_forecast_accuracy
+from mlops_assets.monitoring.checks import atmos_served_inputs_drift
+from mlops_assets.monitoring.sensors import (
+    alert_on_run_failure,
+    champion_alias_sensor,
+    champion_degradation_sensor,
+    input_files_sensor,
+)
 from mlops_assets.promotion.assets import atmos_champion_model
 from mlops_assets.promotion.checks import atmos_champion_serves, atmos_tuned_model_beats_baselines
 from mlops_assets.resources import atmos_source_kind, build_resources
@@ -31,6 +39,7 @@ def defs() -> dg.Definitions:
             atmos_training_windows,
             atmos_tuned_model,
             atmos_champion_model,
+            atmos_forecast_accuracy,
             insurance_policies,
             insurance_tuned_model,
             insurance_champion_model,
@@ -39,10 +48,11 @@ def defs() -> dg.Definitions:
             atmos_features_checks,
             atmos_tuned_model_beats_baselines,
             atmos_champion_serves,
+            atmos_served_inputs_drift,
             insurance_tuned_model_beats_baseline,
         ],
         jobs=[atmos_ingestion_job, atmos_training_job],
-        sensors=[automation_sensor],
+        sensors=[automation_sensor, champion_alias_sensor, input_files_sensor, champion_degradation_sensor, alert_on_run_failure],
         schedules=[build_ingestion_schedule(running=source_kind == "kma"), atmos_weekly_retraining_schedule],
         resources=build_resources(),
     )

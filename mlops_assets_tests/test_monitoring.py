@@ -273,29 +273,18 @@ def test_served_drift_check_warns_on_shifted_inputs(tmp_path: Path) -> None:
 # -- wiring -----------------------------------------------------------------------------------
 
 
-def test_monitoring_definitions_load_beside_the_project(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the lead adds to definitions.py resolves: job names, the check's asset, partition mapping, resources."""
+def test_the_project_definitions_carry_the_monitoring() -> None:
+    """Accuracy asset, drift check and the four sensors resolve in the project's own definitions."""
     from mlops_assets.definitions import defs
-    from mlops_assets.monitoring.checks import atmos_served_inputs_drift
-    from mlops_assets.monitoring.sensors import (
-        alert_on_run_failure,
-        champion_alias_sensor,
-        champion_degradation_sensor,
-        input_files_sensor,
-    )
 
-    project = defs() if callable(defs) else defs
-    monitoring = dg.Definitions(
-        assets=[atmos_forecast_accuracy],
-        asset_checks=[atmos_served_inputs_drift],
-        sensors=[champion_alias_sensor, input_files_sensor, champion_degradation_sensor, alert_on_run_failure],
-        resources={"monitoring": MonitoringSettings()},
-    )
-    merged = dg.Definitions.merge(project, monitoring)
-    dg.Definitions.validate_loadable(merged)
-    graph = merged.resolve_asset_graph()
+    project = defs()
+    dg.Definitions.validate_loadable(project)
+    graph = project.resolve_asset_graph()
     assert dg.AssetKey("atmos_forecast_accuracy") in graph.get_all_asset_keys()
-    assert merged.resolve_sensor_def("champion_degradation_sensor").job_name == "atmos_training"
+    assert {"champion_alias_sensor", "input_files_sensor", "champion_degradation_sensor", "alert_on_run_failure"} <= {
+        sensor.name for sensor in project.sensors
+    }
+    assert project.resolve_sensor_def("champion_degradation_sensor").job_name == "atmos_training"
 
 
 def test_drift_check_runs_with_its_resources_on_stored_features(tmp_path: Path) -> None:

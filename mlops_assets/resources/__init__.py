@@ -19,6 +19,7 @@ from mlops_assets.ingestion.sources import (
     SampleObservationSource,
 )
 from mlops_assets.insurance.sources import CsvPolicySource, PolicySource, SyntheticPolicySource
+from mlops_assets.monitoring.resources import MonitoringSettings
 from mlops_assets.resources.mlflow_registry import DEFAULT_TRACKING_URI, MlflowRegistry
 from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER, MlflowTunedModelIOManager
 from mlops_assets.resources.warehouse import DEFAULT_WAREHOUSE_URL, WarehouseResource
@@ -89,6 +90,7 @@ def build_resources() -> dict[str, Any]:
         "warehouse": WarehouseResource(url=env_or_default("WAREHOUSE_URL", DEFAULT_WAREHOUSE_URL)),
         **mlflow_resources(MlflowRegistry(tracking_uri=env_or_default("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))),
         "policy_source": build_policy_source(),
+        "monitoring": MonitoringSettings(),
         "tuning": TuningResource(
             ray_address=env_or_default("RAY_ADDRESS", ""),
             num_samples=dg.EnvVar.int("TUNING_NUM_SAMPLES") if os.environ.get("TUNING_NUM_SAMPLES") else 0,
