@@ -20,6 +20,7 @@ from mlops_assets.digits.assets import TUNED_MODEL_IO_MANAGER, digit_images, dig
 from mlops_assets.digits.checks import digits_tuned_model_beats_baselines
 from mlops_assets.digits.source import BundledDigitsSource
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.resources.tuned_model_store import MlflowTunedModelIOManager
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.resources import TuningResource
 from mlops_assets.training.tuned_model import TunedModel
@@ -39,8 +40,8 @@ def _resources(tmp_path: Path, mlflow_uri: str) -> dict[str, object]:
         "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}"),
         "registry": MlflowRegistry(tracking_uri=mlflow_uri),
         "tuning": TuningResource(search="quick"),
-        # Stands in for the lead's MLflow-backed tuned-model I/O manager within one process.
-        TUNED_MODEL_IO_MANAGER: dg.InMemoryIOManager(),
+        # The real one: the TunedModel goes to its MLflow run as JSON and is loaded back from there.
+        TUNED_MODEL_IO_MANAGER: MlflowTunedModelIOManager(registry=MlflowRegistry(tracking_uri=mlflow_uri)),
     }
 
 
@@ -52,10 +53,12 @@ def test_search_promotes_then_worse_challengers_are_rejected(tmp_path: Path, mlf
     resources = _resources(tmp_path, mlflow_uri)
     client = mlflow.MlflowClient(mlflow_uri)
 
+    searched = dg.materialize([digit_images, digits_tuned_model, digits_tuned_model_beats_baselines], resources=resources, instance=instance)
+    tuned = searched.output_for_node("digits_tuned_model")
+    # The champion step runs later, in another run: it finds the tuned model in MLflow, not in memory.
     first = dg.materialize(
-        [digit_images, digits_tuned_model, digits_tuned_model_beats_baselines, digits_champion_model], resources=resources, instance=instance
+        [digits_tuned_model, digits_champion_model], selection=[digits_champion_model], resources=resources, instance=instance
     )
-    tuned = first.output_for_node("digits_tuned_model")
     assert tuned.metric == "test_error_rate" and tuned.trials == 4
     assert TunedModel.from_dict(json.loads(json.dumps(tuned.to_dict()))) == tuned  # what the MLflow I/O manager stores
     assert tuned.details["test_accuracy"] >= 0.95, tuned
