@@ -3,6 +3,8 @@
 import dagster as dg
 
 from mlops_assets.automation import automation_sensor
+from mlops_assets.digits.assets import digit_images, digits_champion_model, digits_tuned_model
+from mlops_assets.digits.checks import digits_tuned_model_beats_baselines
 from mlops_assets.features.assets import atmos_features
 from mlops_assets.features.checks import atmos_features_checks
 from mlops_assets.ingestion.assets import raw_atmos_observations
@@ -43,6 +45,9 @@ def defs() -> dg.Definitions:
             insurance_policies,
             insurance_tuned_model,
             insurance_champion_model,
+            digit_images,
+            digits_tuned_model,
+            digits_champion_model,
         ],
         asset_checks=[
             atmos_features_checks,
@@ -50,6 +55,7 @@ def defs() -> dg.Definitions:
             atmos_champion_serves,
             atmos_served_inputs_drift,
             insurance_tuned_model_beats_baseline,
+            digits_tuned_model_beats_baselines,
         ],
         jobs=[atmos_ingestion_job, atmos_training_job],
         sensors=[automation_sensor, champion_alias_sensor, input_files_sensor, champion_degradation_sensor, alert_on_run_failure],

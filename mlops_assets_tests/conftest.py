@@ -28,7 +28,7 @@ POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Every test starts from the embedded defaults in its own folder, whatever the shell exported."""
     for name in (
-        "ATMOS_SOURCE", "ATMOS_STATION", "ATMOS_CSV_PATH", "ATMOS_TIMEZONE", "ATMOS_CSV_COLUMNS", "TUNING_NUM_SAMPLES", "KMA_SERVICE_KEY", "KMA_ASOS_ENDPOINT",
+        "ATMOS_SOURCE", "ATMOS_STATION", "ATMOS_CSV_PATH", "ATMOS_TIMEZONE", "ATMOS_CSV_COLUMNS", "TUNING_NUM_SAMPLES", "DIGITS_DATA_PATH", "ALERT_WEBHOOK_URL", "KMA_SERVICE_KEY", "KMA_ASOS_ENDPOINT",
         "WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "DAGSTER_HOME", "INSURANCE_CSV_PATH",
     ):
         monkeypatch.delenv(name, raising=False)

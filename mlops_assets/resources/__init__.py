@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 
+from mlops_assets.digits.source import build_digits_source
 from mlops_assets.ingestion.sources import (
     CsvObservationSource,
     KmaAsosClient,
@@ -90,6 +91,7 @@ def build_resources() -> dict[str, Any]:
         "warehouse": WarehouseResource(url=env_or_default("WAREHOUSE_URL", DEFAULT_WAREHOUSE_URL)),
         **mlflow_resources(MlflowRegistry(tracking_uri=env_or_default("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))),
         "policy_source": build_policy_source(),
+        "digits_source": build_digits_source(),
         "monitoring": MonitoringSettings(),
         "tuning": TuningResource(
             ray_address=env_or_default("RAY_ADDRESS", ""),
