@@ -6,9 +6,11 @@ together; each caller gets its own output row back. The rule (the same idea as B
 dispatcher and Ray Serve's `@serve.batch`, kept small):
 
 - an idle model dispatches a request at once, so batching costs nothing at concurrency 1; when its
-  predicts are cheap (smoothed batch time under `SERVING_INLINE_BELOW_US`) it even predicts on the
-  event loop: handing a call to a thread and back costs 40-160 us here, more than a linear or
-  compiled-tree predict, so for such models batching could only add latency;
+  predicts are cheap (smoothed CPU time per call under `SERVING_INLINE_BELOW_US`) it even predicts
+  on the event loop: handing a call to a thread and back costs 40-160 us here, more than a linear
+  or compiled-tree predict, and a predict that holds the GIL (NumPy-level code) stalls the loop
+  anyway, up to the interpreter's 5 ms switch interval per hand-over. CPU time, not wall time, so
+  that a worker preempted on a busy machine does not push a cheap model onto the thread path;
 - while a batch runs, new requests queue; the queue is dispatched when the running batch ends,
   or, on the second predict thread, as soon as it holds `max_batch` rows or its oldest request has
   waited `max_wait_ms` (at most `CONCURRENT_BATCHES` batches run at once);
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 #: Batches of one model that may run at once: one gathers while the other predicts; more would
 #: only share the same core (a worker per core).
 CONCURRENT_BATCHES = 2
+#: An inline-cheap call may take this many times its CPU bound in wall time (preemption on a busy
+#: machine); beyond that it is waiting on something and goes to the predict threads.
+_INLINE_WALL_FACTOR = 20
 #: Weight of the newest batch in the running estimate of a batch's duration (for deadlines).
 _SMOOTHING = 0.2
 
@@ -50,7 +55,7 @@ class BatchSettings:
     max_wait_ms: float
     deadline_ms: float
     #: An idle model whose smoothed batch time is under this predicts inline (0: never).
-    inline_below_seconds: float = 100e-6
+    inline_below_seconds: float = 250e-6
 
 
 @dataclass(slots=True)
@@ -85,8 +90,10 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         #: Threads (the event loop's) already limited to one BLAS/OpenMP thread for inline predicts.
         self._limited_threads: set[int] = set()
-        #: Smoothed seconds per batch, measured (0 until the first batch).
+        #: Smoothed wall seconds per batch (deadline estimates) and CPU seconds per predict call
+        #: (the inline decision), measured; 0 until the first batch.
         self.batch_seconds = 0.0
+        self.batch_cpu_seconds = 0.0
         self._executor = ThreadPoolExecutor(
             CONCURRENT_BATCHES, thread_name_prefix=f"predict-{name}", initializer=limit_to_one_thread
         )
@@ -99,7 +106,7 @@ class Batcher:
 
     async def submit(self, loaded: Any, row: np.ndarray) -> np.ndarray:
         """Queue one request's input rows; returns its own rows of the batch's output."""
-        if not self._running and not self._queue and 0 < self.batch_seconds < self.settings.inline_below_seconds:
+        if not self._running and not self._queue and self._cheap():
             return self._predict_inline(loaded, row)
         deadline = self.settings.deadline_ms / 1e3
         if self._running and self._expected_seconds() > deadline:
@@ -113,6 +120,12 @@ class Batcher:
         self._queue.append(_Pending(loaded, row, future, time.perf_counter()))
         self._maybe_dispatch()
         return await future
+
+    def _cheap(self) -> bool:
+        """Predict inline? Little CPU per call, and no long wall time (a call that waits on I/O or on
+        other threads belongs off the loop even if this thread burns little CPU)."""
+        bound = self.settings.inline_below_seconds
+        return 0 < self.batch_cpu_seconds < bound and self.batch_seconds < _INLINE_WALL_FACTOR * bound
 
     def _expected_seconds(self) -> float:
         """Batches ahead of a new request (running + queued + its own) times the batch time."""
@@ -175,27 +188,27 @@ class Batcher:
         if thread not in self._limited_threads:
             limit_to_one_thread()
             self._limited_threads.add(thread)
-        output, seconds = self._timed_predict(loaded.artifact, row)
-        self._record(1, seconds)
+        output, seconds, cpu = self._timed_predict(loaded.artifact, row)
+        self._record(1, seconds, cpu)
         self._queue_wait.observe(0.0)
         return output
 
-    def _record(self, size: int, seconds: float) -> None:
-        self.batch_seconds = seconds if not self.batch_seconds else (
-            (1 - _SMOOTHING) * self.batch_seconds + _SMOOTHING * seconds
-        )
+    def _record(self, size: int, seconds: float, cpu: float) -> None:
+        self.batch_seconds = _smooth(self.batch_seconds, seconds)
+        self.batch_cpu_seconds = _smooth(self.batch_cpu_seconds, cpu)
         self._batch_size.observe(size)
         self._predict_seconds.observe(seconds)
 
-    def _timed_predict(self, artifact: Any, rows: np.ndarray) -> tuple[Any, float]:
-        started = time.perf_counter()
+    def _timed_predict(self, artifact: Any, rows: np.ndarray) -> tuple[Any, float, float]:
+        """(output, wall seconds, CPU seconds of this thread) of one predict call."""
+        started, started_cpu = time.perf_counter(), time.thread_time()
         output = self.predict(artifact, rows)
-        return output, time.perf_counter() - started
+        return output, time.perf_counter() - started, time.thread_time() - started_cpu
 
-    def _finish(self, batch: list[_Pending], done: asyncio.Future[tuple[Any, float]]) -> None:
+    def _finish(self, batch: list[_Pending], done: asyncio.Future[tuple[Any, float, float]]) -> None:
         self._running -= 1
         try:
-            output, seconds = done.result()
+            output, seconds, cpu = done.result()
             rows = sum(pending.row.shape[0] for pending in batch)
             if len(batch) > 1 and (not hasattr(output, "__len__") or len(output) != rows):
                 raise RuntimeError(
@@ -209,7 +222,7 @@ class Batcher:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
         else:
-            self._record(len(batch), seconds)
+            self._record(len(batch), seconds, cpu)
             if len(batch) == 1:  # the whole output, also for modules whose output is not row-sliceable
                 _resolve(batch[0].future, output)
             else:
@@ -219,6 +232,10 @@ class Batcher:
                     _resolve(pending.future, output[start:stop])
                     start = stop
         self._maybe_dispatch()
+
+
+def _smooth(previous: float, sample: float) -> float:
+    return sample if not previous else (1 - _SMOOTHING) * previous + _SMOOTHING * sample
 
 
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:

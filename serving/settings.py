@@ -22,7 +22,7 @@ PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_DEADLINE_MS = 500.0
-DEFAULT_INLINE_BELOW_US = 100.0
+DEFAULT_INLINE_BELOW_US = 250.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class ServingSettings:
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     #: A request that would wait longer than this for its prediction gets 503 at once.
     deadline_ms: float = DEFAULT_DEADLINE_MS
-    #: An idle model whose predict calls take less than this (smoothed) predicts on the event loop.
+    #: An idle model whose predict calls take less CPU than this (smoothed) predicts on the event loop.
     inline_below_us: float = DEFAULT_INLINE_BELOW_US
 
     def __post_init__(self) -> None:

@@ -43,12 +43,23 @@ def have_wrk() -> bool:
 
 
 def run_load(
-    port: int, method: str, path: str, body: bytes, concurrency: int, seconds: float, tool: str = "auto"
+    port: int,
+    method: str,
+    path: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    tool: str = "auto",
+    rate: float | None = None,
 ) -> LoadResult:
+    """Closed loop (`rate` None: each connection sends as soon as it has its answer) or Poisson
+    arrivals at `rate` requests/s spread over `concurrency` connections (wrk only)."""
     if tool == "auto":
         tool = "wrk" if have_wrk() else "python"
     if tool == "wrk":
-        return _wrk(port, method, path, body, concurrency, seconds)
+        return _wrk(port, method, path, body, concurrency, seconds, rate)
+    if rate is not None:
+        raise ValueError("Poisson arrivals need wrk (apt-get install wrk)")
     return _python(port, method, path, body, concurrency, seconds)
 
 
@@ -58,6 +69,19 @@ wrk.headers["Content-Type"] = "application/json"
 local f = io.open("{body_file}", "rb")
 wrk.body = f:read("*all")
 f:close()
+"""
+
+#: Open-loop-ish Poisson arrivals: each connection waits an exponential time (mean
+#: connections / rate) before each request, so the merged arrivals approach a Poisson process of
+#: `rate` while latency stays well below the mean gap (wrk leaves the wait out of the latency).
+_WRK_POISSON = """
+local mean_ms = {mean_ms}
+function init(args)
+  math.randomseed(os.time() * 1000 + math.floor(os.clock() * 1e6))
+end
+function delay()
+  return -math.log(1 - math.random()) * mean_ms
+end
 """
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -70,20 +94,31 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _wrk(port: int, method: str, path: str, body: bytes, concurrency: int, seconds: float) -> LoadResult:
+def _wrk(
+    port: int, method: str, path: str, body: bytes, concurrency: int, seconds: float, rate: float | None = None
+) -> LoadResult:
     with tempfile.TemporaryDirectory() as tmp:
         body_file = Path(tmp) / "body.json"
         body_file.write_bytes(body)
         script = Path(tmp) / "req.lua"
-        script.write_text(_WRK_SCRIPT.format(method=method, body_file=body_file))
+        lua = _WRK_SCRIPT.format(method=method, body_file=body_file)
+        if rate is not None:
+            lua += _WRK_POISSON.format(mean_ms=repr(concurrency / rate * 1e3))
+        script.write_text(lua)
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script),
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "--latency", "-s", str(script),
              f"http://{HOST}:{port}{path}"],
             capture_output=True, text=True, check=True, timeout=seconds + 60,
         ).stdout
     if "Latency Distribution" not in out:
         raise RuntimeError(f"wrk output without latencies:\n{out}")
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    def find(pattern: str) -> str:
+        match = re.search(pattern, out, re.M)
+        if match is None:
+            raise RuntimeError(f"wrk output without {pattern!r}:\n{out}")
+        return match.group(1)
+
+    requests = int(find(r"(\d+) requests in"))
     errors = 0
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         errors += int(m.group(1))
@@ -93,11 +128,11 @@ def _wrk(port: int, method: str, path: str, body: bytes, concurrency: int, secon
         concurrency=concurrency,
         seconds=seconds,
         requests=requests,
-        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        p50_ms=_ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1)),  # type: ignore[union-attr]
-        p99_ms=_ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1)),  # type: ignore[union-attr]
+        rps=float(find(r"Requests/sec:\s+([\d.]+)")),
+        p50_ms=_ms(find(r"^\s+50%\s+(\S+)\s*$")),
+        p99_ms=_ms(find(r"^\s+99%\s+(\S+)\s*$")),
         errors=errors,
-        tool="wrk",
+        tool="wrk" if rate is None else f"wrk, Poisson {rate:.0f}/s",
     )
 
 

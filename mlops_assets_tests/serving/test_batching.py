@@ -117,6 +117,25 @@ async def test_a_predict_that_answers_one_row_only_fails_loudly_when_batched() -
     assert all(isinstance(r, RuntimeError) and "max_batch=1" in str(r) for r in results[1:]), results
 
 
+async def test_a_predict_that_waits_stays_off_the_event_loop() -> None:
+    """Little CPU but long wall time (I/O, other threads): never inline, whatever its CPU cost."""
+    threads: list[str] = []
+
+    def waits(_: Any, rows: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.02)
+        return rows
+
+    batcher = _batcher(waits, inline_below=250e-6)
+    try:
+        for _ in range(4):
+            await batcher.submit(_Loaded(), np.zeros((1, 1)))
+    finally:
+        batcher.close()
+    assert batcher.batch_cpu_seconds < 250e-6 < batcher.batch_seconds
+    assert all(name.startswith("predict-m") for name in threads), threads
+
+
 async def test_a_batch_never_mixes_versions() -> None:
     seen: list[tuple[Any, int]] = []
 
@@ -161,7 +180,7 @@ async def test_a_request_that_cannot_meet_its_deadline_gets_503() -> None:
         assert time.perf_counter() - started < 0.1
 
         # With 300 ms: one request fits; a second one arriving meanwhile would need ~400 ms.
-        batcher.settings = BatchSettings(1, 2.0, 300.0)
+        batcher.settings = BatchSettings(1, 2.0, 300.0, inline_below_seconds=0.0)
         first = asyncio.ensure_future(batcher.submit(loaded, np.array([[6.0]])))
         await asyncio.sleep(0.01)
         started = time.perf_counter()
