@@ -24,16 +24,15 @@ from mlops_assets.digits.png import montage_png
 from mlops_assets.digits.search import digits_trial, fit_and_score
 from mlops_assets.digits.source import BUNDLED_SOURCE, DigitsSource
 from mlops_assets.digits.table import TABLE_NAME, read_digit_images, replace_digit_images
-from mlops_assets.promotion.registry_promotion import Challenger, promote_if_better
-from mlops_assets.resources.mlflow_registry import MlflowRegistry, TrackingServerUnavailable
+from mlops_assets.promotion.registry_promotion import promote_tuned_model
+from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.resources import TuningResource
 from mlops_assets.training.tuned_model import TunedModel
 from mlops_assets.training.tuning import run_search
 
 DIGITS_EXPERIMENT = DIGITS_MODEL_NAME
-#: The lead's I/O manager that keeps a TunedModel in its MLflow run (resources/tuned_model_store.py).
-TUNED_MODEL_IO_MANAGER = "tuned_model_io_manager"
 METRIC = "test_error_rate"
 
 
@@ -93,11 +92,8 @@ def digits_tuned_model(
     tags = {"dagster_run_id": context.run_id, "dagster_asset": "digits_tuned_model"}
     fixed = _fixed_config(config.fixed_config)
     split = _holdout(warehouse)
-    try:
-        with registry.parent_run(DIGITS_EXPERIMENT, f"digits_tuned_model {context.run_id[:8]}", tags) as parent:
-            return _search(context, split, fixed, tuning, registry, parent.info.run_id, parent.info.experiment_id)
-    except TrackingServerUnavailable as error:
-        raise dg.Failure(str(error), allow_retries=False) from error
+    with registry.parent_run(DIGITS_EXPERIMENT, f"digits_tuned_model {context.run_id[:8]}", tags) as parent:
+        return _search(context, split, fixed, tuning, registry, parent.info.run_id, parent.info.experiment_id)
 
 
 def _fixed_config(text: str) -> dict[str, Any] | None:
@@ -237,30 +233,21 @@ def score_model(registry: MlflowRegistry, model_uri: str, holdout: LabelledDigit
 def digits_champion_model(
     context: dg.AssetExecutionContext, digits_tuned_model: TunedModel, warehouse: WarehouseResource, registry: MlflowRegistry
 ) -> dg.MaterializeResult:
-    tuned = digits_tuned_model
     holdout = _holdout(warehouse)  # rebuilt from today's table: both models and the baselines see the same images
     base = baselines(holdout.train, holdout.test).as_dict()
-    challenger = Challenger(
-        model_uri=tuned.model_uri,
-        run_id=tuned.run_id,
-        experiment_id=tuned.experiment_id,
-        score=score_model(registry, tuned.model_uri, holdout.test),
+    outcome, metadata = promote_tuned_model(
+        context,
+        registry,
+        DIGITS_MODEL_NAME,
+        digits_tuned_model,
+        score_model=lambda model_uri: score_model(registry, model_uri, holdout.test),
         baselines=base,
-        tags={"val_error_rate": round(tuned.val_score, 4), "family": tuned.family, "dagster_run_id": context.run_id},
     )
-    champion_scores: dict[str, float] = {}
-
-    def rescore(version: str) -> float:
-        champion_scores[version] = score_model(registry, f"models:/{DIGITS_MODEL_NAME}/{version}", holdout.test)
-        return champion_scores[version]
-
-    outcome = promote_if_better(registry, DIGITS_MODEL_NAME, challenger, rescore_champion=rescore, metric=METRIC)
-    context.log.info(f"{DIGITS_MODEL_NAME} v{outcome.registered_version}: {outcome.decision.reason}")
-    registry.tag_version(DIGITS_MODEL_NAME, outcome.registered_version, {"test_accuracy": round(1 - challenger.score, 4)})
-    metadata = outcome.metadata(registry, challenger, DIGITS_MODEL_NAME, METRIC)
-    metadata["challenger_test_accuracy"] = round(1 - challenger.score, 4)
+    decision = outcome.decision
+    registry.tag_version(DIGITS_MODEL_NAME, outcome.registered_version, {"test_accuracy": round(1 - decision.challenger_score, 4)})
+    metadata["challenger_test_accuracy"] = round(1 - decision.challenger_score, 4)
     metadata["champion_test_accuracy_same_holdout"] = (
-        round(1 - champion_scores[outcome.champion_before], 4) if outcome.champion_before in champion_scores else None
+        round(1 - decision.champion_score, 4) if decision.champion_score is not None else None
     )
     metadata.update({f"baseline_{name}_accuracy": round(1 - value, 4) for name, value in base.items()})
     metadata["holdout_images"] = len(holdout.test)

@@ -162,7 +162,7 @@ def insurance_champion_model(
     context: dg.AssetExecutionContext, insurance_tuned_model: TunedModel, warehouse: WarehouseResource, registry: MlflowRegistry
 ) -> dg.MaterializeResult:
     holdout = insurance_holdout(warehouse)
-    return promote_tuned_model(
+    _, metadata = promote_tuned_model(
         context,
         registry,
         INSURANCE_MODEL_NAME,
@@ -170,6 +170,7 @@ def insurance_champion_model(
         score_model=lambda model_uri: insurance_test_mae(registry, model_uri, holdout.test),
         baselines={"median": median_baseline_mae(holdout.train, holdout.test)},
     )
+    return dg.MaterializeResult(metadata=metadata)
 
 
 def insurance_test_mae(registry: MlflowRegistry, model_uri: str, test: pd.DataFrame) -> float:

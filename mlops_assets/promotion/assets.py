@@ -32,7 +32,7 @@ def atmos_champion_model(
     registry: MlflowRegistry,
 ) -> dg.MaterializeResult:
     windows = load_training_windows(source, warehouse)
-    return promote_tuned_model(
+    _, metadata = promote_tuned_model(
         context,
         registry,
         ATMOS_MODEL_NAME,
@@ -40,6 +40,7 @@ def atmos_champion_model(
         score_model=lambda model_uri: forecaster_test_mae(registry, model_uri, windows),
         baselines=baseline_maes(windows.test),
     )
+    return dg.MaterializeResult(metadata=metadata)
 
 
 def forecaster_test_mae(registry: MlflowRegistry, model_uri: str, windows: TrainingWindows) -> float:

@@ -92,12 +92,13 @@ def promote_tuned_model(
     tuned: TunedModel,
     score_model: Callable[[str], float],
     baselines: dict[str, float],
-) -> dg.MaterializeResult:
+) -> tuple[PromotionOutcome, dict[str, Any]]:
     """The champion step of every pipeline: score challenger and champion on today's holdout, then decide.
 
     `score_model(model_uri)` scores any logged or registered model on the holdout rebuilt from the
     warehouse in this run, so both scores (and the baselines) come from the same data even when the
-    search ran in another run, on another machine, before new data arrived.
+    search ran in another run, on another machine, before new data arrived. Returns the outcome and
+    the asset metadata (a pipeline may add its own view of the scores).
     """
     challenger = Challenger(
         model_uri=tuned.model_uri,
@@ -122,4 +123,4 @@ def promote_tuned_model(
     context.log.info(f"{model_name} v{outcome.registered_version}: {outcome.decision.reason}")
     metadata = outcome.metadata(registry, challenger, model_name, tuned.metric)
     metadata.update({key: dg.MetadataValue.json(value) if isinstance(value, list | dict) else value for key, value in tuned.details.items()})
-    return dg.MaterializeResult(metadata=metadata)
+    return outcome, metadata
