@@ -121,9 +121,12 @@ def test_two_runs_launched_together_take_turns_in_the_search_pool(production_hom
 
 
 def test_the_tuning_assets_use_the_search_pool() -> None:
-    """The real tuning assets are in the pool the instance limits (one search at a time)."""
-    from mlops_assets.insurance.assets import insurance_tuned_model
-    from mlops_assets.training.assets import atmos_tuned_model
+    """Every asset of the definitions that runs a Ray Tune search (kind "ray") is in the pool the
+    instance limits, so searches of any model take turns."""
+    from mlops_assets.definitions import defs
 
-    for asset in (atmos_tuned_model, insurance_tuned_model):
-        assert asset.op.pool == SEARCH_POOL, asset.key
+    graph = defs().resolve_asset_graph()
+    searches = {key.to_user_string(): graph.get(key) for key in graph.get_all_asset_keys() if "ray" in graph.get(key).kinds}
+    assert {"atmos_tuned_model", "insurance_tuned_model"} <= set(searches)
+    missing = sorted(name for name, node in searches.items() if node.pools != {SEARCH_POOL})
+    assert not missing, f"tuning assets outside the pool {SEARCH_POOL!r}: {missing}"
