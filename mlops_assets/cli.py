@@ -17,6 +17,8 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from mlops_assets.constants import ATMOS_MODEL_NAME, DIGITS_MODEL_NAME, INSURANCE_MODEL_NAME
+
 CLI_JOB_NAME = "mlops_assets_cli"
 
 
@@ -273,7 +275,11 @@ QUALITY_COUNTS: dict[str, dict[str, str]] = {
 }
 
 
-CHAMPION_ASSETS = {"atmos_champion_model": "atmos_temperature", "insurance_champion_model": "insurance_charges"}
+CHAMPION_ASSETS = {
+    "atmos_champion_model": ATMOS_MODEL_NAME,
+    "insurance_champion_model": INSURANCE_MODEL_NAME,
+    "digits_champion_model": DIGITS_MODEL_NAME,
+}
 
 
 def champion_summaries(result: dg.ExecuteInProcessResult) -> dict[str, str]:
@@ -286,11 +292,12 @@ def champion_summaries(result: dg.ExecuteInProcessResult) -> dict[str, str]:
             continue
         metadata = {key: value.value for key, value in materialization.metadata.items()}
         scores = ", ".join(f"{key.removeprefix('baseline_')} {value}" for key, value in metadata.items() if key.startswith("baseline_"))
-        before = metadata.get("champion_test_mae_same_holdout")
+        metric = metadata["metric"]  # e.g. test_mae, test_error_rate (lower is better)
+        before = metadata.get(f"champion_{metric}_same_holdout")
         lines[CHAMPION_ASSETS[asset]] = (
             f"{metadata['decision']} v{metadata['registered_version']}: {metadata['reason']}\n"
-            f"    champion now: v{metadata['champion_version']}; test MAE of the challenger "
-            f"{metadata['challenger_test_mae']}, of the previous champion {before if before is not None else '-'}; "
+            f"    champion now: v{metadata['champion_version']}; {metric.replace('_', ' ')} of the challenger "
+            f"{metadata[f'challenger_{metric}']}, of the previous champion {before if before is not None else '-'}; "
             f"baselines: {scores}"
         )
     return lines

@@ -186,3 +186,15 @@ def test_the_schedule_requests_the_newest_complete_days_not_yet_ingested(instanc
     assert [request.partition_key for request in requests] == ["2024-05-07", "2024-05-08", "2024-05-09"]
     assert days_to_ingest(now, "Asia/Seoul", {"2024-05-07", "2024-05-08"}) == ["2024-05-09"]
     assert days_to_ingest(now, "Asia/Seoul", {"2024-05-07", "2024-05-08", "2024-05-09"}) == []
+
+
+def test_repeated_hours_in_a_csv_keep_the_first_row_and_are_counted(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    csv_path = tmp_path / "station.csv"
+    csv_path.write_text("time,tmp\n2024-01-01T00:00Z,1.0\n2024-01-01T01:00Z,2.0\n2024-01-01T01:00Z,9.0\n2024-01-01T02:00Z,3.0\n")
+    warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}")
+    source = CsvObservationSource(path=str(csv_path))
+    result = dg.materialize(
+        [raw_atmos_observations], resources={"source": source, "warehouse": warehouse}, instance=instance, partition_key="2024-01-01"
+    )
+    assert result.asset_materializations_for_node("raw_atmos_observations")[0].metadata["duplicate_hours_dropped"].value == 1
+    assert warehouse.read_observations("csv")["tmp"].tolist() == [1.0, 2.0, 3.0]

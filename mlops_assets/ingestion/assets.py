@@ -44,6 +44,8 @@ def raw_atmos_observations(
             raise dg.Failure(
                 f"the source returned no observations for {source.station} {first_day}..{last_day}", allow_retries=False
             )
+        duplicate_hours = int(frame.duplicated(subset=["time"]).sum())
+        frame = frame.drop_duplicates(subset=["time"], keep="first")  # the first report of an hour wins
         start, end = local_day_bounds(first_day, last_day, source.timezone)
         written = warehouse.replace_observations(source.station, start, end, frame)
     except PERMANENT_ERRORS as error:
@@ -62,6 +64,7 @@ def raw_atmos_observations(
             "first_hour_utc": str(frame["time"].min()),
             "last_hour_utc": str(frame["time"].max()),
             "days_with_missing_hours": incomplete_days,
+            "duplicate_hours_dropped": duplicate_hours,
             "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
         }
     )

@@ -234,8 +234,7 @@ def read_observations_csv(
             row = int(np.flatnonzero(bad)[0])
             raise CsvFormatError(f"{path}: column {label(name)}, line {lines[row]}: {text.iloc[row]!r} is not a number")
         frame[name] = numbers.astype("float64").to_numpy()
-    # A repeated instant (a copy-pasted block) keeps its first row, as the sample loader does.
-    frame = frame.drop_duplicates(subset=["time"], keep="first")
+    # A repeated instant (a copy-pasted block) is kept here: the raw asset keeps the first row and counts the rest.
     return conform(frame)
 
 

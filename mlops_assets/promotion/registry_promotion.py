@@ -39,6 +39,7 @@ class PromotionOutcome:
         return {
             "decision": "promoted" if decision.promote else "rejected",
             "reason": decision.reason,
+            "metric": metric,
             "registered_version": int(self.registered_version),
             "champion_version_before": int(self.champion_before) if self.champion_before else None,
             "champion_version": int(self.champion_after) if self.champion_after else None,
