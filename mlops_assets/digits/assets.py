@@ -17,7 +17,7 @@ import numpy as np
 from mlflow.models import infer_signature
 from pydantic import Field
 
-from mlops_assets.constants import CHAMPION_ALIAS, DIGITS_GROUP, DIGITS_MODEL_NAME
+from mlops_assets.constants import CHAMPION_ALIAS, DIGITS_GROUP, DIGITS_MODEL_NAME, SEARCH_POOL
 from mlops_assets.digits.dataset import CLASSES, DigitsDataError, DigitsSplit, LabelledDigits, split_digits, validation_split
 from mlops_assets.digits.families import KNOWN_GOOD, SKOPS_TRUSTED_TYPES, baselines, error_rate, fixed_space, search_space
 from mlops_assets.digits.png import montage_png
@@ -77,6 +77,7 @@ class DigitsSearchConfig(dg.Config):
     group_name=DIGITS_GROUP,
     deps=[digit_images],
     io_manager_key=TUNED_MODEL_IO_MANAGER,
+    pool=SEARCH_POOL,  # one search at a time on the cluster (limit in dagster.yaml)
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"ray", "mlflow", "scikitlearn"},
     owners=["team:vision"],

@@ -6,7 +6,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.metrics import mean_absolute_error
 
-from mlops_assets.constants import CHAMPION_ALIAS, INSURANCE_GROUP, INSURANCE_MODEL_NAME
+from mlops_assets.constants import CHAMPION_ALIAS, INSURANCE_GROUP, INSURANCE_MODEL_NAME, SEARCH_POOL
 from mlops_assets.insurance.policies import PolicySchemaError, validate_policies
 from mlops_assets.insurance.search import fit_and_score, insurance_trial, median_baseline_mae
 from mlops_assets.insurance.sources import PolicySource
@@ -69,6 +69,7 @@ def insurance_holdout(warehouse: WarehouseResource) -> Split:
     group_name=INSURANCE_GROUP,
     deps=[insurance_policies],
     io_manager_key=TUNED_MODEL_IO_MANAGER,
+    pool=SEARCH_POOL,  # one search at a time on the cluster (limit in dagster.yaml)
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"ray", "mlflow", "scikitlearn"},
     owners=["team:pricing"],

@@ -5,7 +5,7 @@ import mlflow
 from mlflow.models.model import ModelInfo
 import numpy as np
 
-from mlops_assets.constants import ATMOS_GROUP
+from mlops_assets.constants import ATMOS_GROUP, SEARCH_POOL
 from mlops_assets.features.assets import atmos_features
 from mlops_assets.ingestion.sources import ObservationSource
 from mlops_assets.ml import forecasters
@@ -69,6 +69,7 @@ def atmos_training_windows(source: ObservationSource, warehouse: WarehouseResour
     group_name=ATMOS_GROUP,
     deps=[atmos_training_windows],
     io_manager_key=TUNED_MODEL_IO_MANAGER,
+    pool=SEARCH_POOL,  # one search at a time on the cluster (limit in dagster.yaml)
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"ray", "mlflow", "scikitlearn"},
     owners=["team:forecasting"],
