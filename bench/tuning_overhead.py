@@ -69,7 +69,7 @@ def main() -> None:
         mlflow.set_tracking_uri(uri)
         experiment = mlflow.set_experiment("bench")
         began = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": TRIAL_ENV}, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": TRIAL_ENV}, log_to_driver=False)
         ray_start = time.perf_counter() - began
         with mlflow.start_run() as parent:
             search_began = time.perf_counter()

@@ -88,7 +88,7 @@ def local_ray() -> Iterator[None]:
 
     from mlops_assets.training.tuning import TRIAL_ENV
 
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": TRIAL_ENV}, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": TRIAL_ENV}, log_to_driver=False)
     yield
     ray.shutdown()
 
