@@ -526,8 +526,9 @@ def test_serving_deployment_probes_and_env(variant: tuple[str, list[dict[str, An
     deployment = find(docs, "Deployment", f"{FULLNAME}-serving")
     spec = deployment["spec"]["template"]["spec"]
     (c,) = spec["containers"]
-    assert c["args"][:2] == ["mlops-assets", "serve"]
-    args = dict(zip(c["args"][2::2], c["args"][3::2]))
+    # Wrapped by the URL-composing start script (test_helm_serving_log.py checks the wiring).
+    assert c["args"][:4] == ["python3", "/opt/mlops/scripts/with_db_urls.py", "mlops-assets", "serve"]
+    args = dict(zip(c["args"][4::2], c["args"][5::2]))
     assert args == {"--host": "0.0.0.0", "--port": "8000", "--workers": "1" if name == "default" else "2"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}

@@ -246,10 +246,10 @@ valueFrom:
   {{- include "mlops.pgPasswordRef" . | nindent 2 }}
 {{- end }}
 
-{{/* Environment of the code server AND of every run pod, apart from the ConfigMaps: secrets
-(only by secretKeyRef), RAY_ADDRESS, DAGSTER_CURRENT_IMAGE and the user's extraEnv. */}}
-{{- define "mlops.codeEnv" -}}
-{{ include "mlops.dagsterPgPasswordEnv" . }}
+{{/* The secret half of the warehouse URL: WAREHOUSE_URL whole from warehouse.existingUrlSecret,
+else WAREHOUSE_DB_PASSWORD, which with_db_urls.py joins to the WAREHOUSE_DB_* parts of the
+app-env ConfigMap. Both only by secretKeyRef. */}}
+{{- define "mlops.warehouseSecretEnv" -}}
 {{- if .Values.warehouse.existingUrlSecret }}
 - name: WAREHOUSE_URL
   valueFrom:
@@ -260,12 +260,47 @@ valueFrom:
 - name: WAREHOUSE_DB_PASSWORD
   {{- include "mlops.pgPasswordRef" . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{/* Environment of the prediction service's warehouse connection (the prediction log): the
+WAREHOUSE_DB_* parts read from the app-env ConfigMap (the same keys the code server gets
+through envFrom; WAREHOUSE_DB_PARAMS only when postgresql.sslMode is set) plus the secret half
+above. The serving container runs under with_db_urls.py, which composes WAREHOUSE_URL. */}}
+{{- define "mlops.servingWarehouseEnv" -}}
+{{- if not .Values.warehouse.existingUrlSecret }}
+{{- $cm := include "mlops.appEnvConfigMap" . }}
+{{- $keys := list "WAREHOUSE_DB_HOST" "WAREHOUSE_DB_PORT" "WAREHOUSE_DB_USER" "WAREHOUSE_DB_NAME" }}
+{{- if .Values.postgresql.sslMode }}{{ $keys = append $keys "WAREHOUSE_DB_PARAMS" }}{{ end }}
+{{- range $keys }}
+- name: {{ . }}
+  valueFrom:
+    configMapKeyRef:
+      name: {{ $cm }}
+      key: {{ . }}
+{{- end }}
+{{- end }}
+{{ include "mlops.warehouseSecretEnv" . }}
+{{- end }}
+
+{{/* Environment of the code server AND of every run pod, apart from the ConfigMaps: secrets
+(only by secretKeyRef; ALERT_WEBHOOK_URL for the run-failure sensor, which the code server
+evaluates), RAY_ADDRESS, DAGSTER_CURRENT_IMAGE and the user's extraEnv. */}}
+{{- define "mlops.codeEnv" -}}
+{{ include "mlops.dagsterPgPasswordEnv" . }}
+{{ include "mlops.warehouseSecretEnv" . }}
 {{- if .Values.atmos.kmaServiceKey.existingSecret }}
 - name: KMA_SERVICE_KEY
   valueFrom:
     secretKeyRef:
       name: {{ .Values.atmos.kmaServiceKey.existingSecret }}
       key: {{ .Values.atmos.kmaServiceKey.key }}
+{{- end }}
+{{- with .Values.dagster.alertWebhookUrl.existingSecret }}
+- name: ALERT_WEBHOOK_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.dagster.alertWebhookUrl.key }}
 {{- end }}
 {{- with include "mlops.rayAddress" . }}
 - name: RAY_ADDRESS
