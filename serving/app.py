@@ -12,12 +12,14 @@ multi-worker entry point.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import hmac
 import json
 import math
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,6 +40,7 @@ from serving.cache import MlflowResolver, ModelCache, ModelSlot
 from serving.errors import EXCEPTION_HANDLERS, ErrorBody, InvalidInput, MalformedBody, Unauthorized
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.models import ModelModule, get_module
+from serving.prediction_log import REQUEST_ID_HEADER, PredictionLog, served_record
 from serving.settings import ServingSettings
 
 #: Bounded so a slow or down HTTP registry cannot stall a poll for minutes (MLflow's default
@@ -78,6 +81,7 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
         os.environ.setdefault(key, value)
     modules = [get_module(name) for name in settings.models]
     metrics = ServingMetrics()
+    prediction_log = PredictionLog(settings.warehouse_url, registry=metrics.registry) if settings.prediction_log else None
     resolver = MlflowResolver(settings.mlflow_tracking_uri)
     cache = ModelCache(
         {m.name: ModelSlot(m, settings.alias, resolver, metrics) for m in modules}, settings.poll_seconds
@@ -105,7 +109,10 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
 
             mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         try:
-            async with cache.running():
+            async with contextlib.AsyncExitStack() as stack:
+                if prediction_log is not None:
+                    await stack.enter_async_context(prediction_log.running())  # flushed after the cache stops
+                await stack.enter_async_context(cache.running())
                 yield
         finally:
             for batcher in batchers.values():
@@ -113,7 +120,7 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
             metrics.close()
 
     components = Components()
-    predict_handlers = [_predict_handler(m, cache.slots[m.name], batchers[m.name], settings) for m in modules]
+    predict_handlers = [_predict_handler(m, cache.slots[m.name], batchers[m.name], settings, prediction_log) for m in modules]
     if settings.api_token is not None:
         components.security_schemes = {
             _BEARER: SecurityScheme(type="http", scheme="bearer", description="SERVING_API_TOKEN")
@@ -138,22 +145,34 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
 
 
 def _predict_handler(
-    module: ModelModule[Any, Any, Any, Any], slot: ModelSlot, batcher: Batcher, settings: ServingSettings
+    module: ModelModule[Any, Any, Any, Any],
+    slot: ModelSlot,
+    batcher: Batcher,
+    settings: ServingSettings,
+    prediction_log: PredictionLog | None = None,
 ) -> HTTPRouteHandler:
     decoder = msgspec.json.Decoder(module.request_type)
     encode = msgspec.json.Encoder().encode
     build_input, shape_response, submit = module.build_input, module.shape_response, batcher.submit
-    complete, uses_request = module.complete, module.response_uses_request
+    complete, uses_request, decode_other = module.complete, module.response_uses_request, module.decode_body
 
     async def handler(request: Request[Any, Any, Any]) -> Response[Any]:
+        received_at = dt.datetime.now(dt.UTC)
         body = await request.body()  # Litestar answers 413 past request_max_body_size
-        payload = _decode(decoder, body)
+        content_type = request.headers.get("content-type", "")
+        if decode_other is not None and content_type.split(";")[0].strip().lower().startswith("image/"):
+            payload = decode_other(body, content_type)  # e.g. a PNG body for the digits route
+        else:
+            payload = _decode(decoder, body)
         if complete is not None:
             payload = complete(payload)
         loaded = await slot.get()  # one read: this request finishes on this version
         output = await submit(loaded, build_input(loaded.artifact, payload))  # micro-batched
         answer = shape_response(output, loaded.ref, payload) if uses_request else shape_response(output, loaded.ref)
-        return Response(encode(answer), status_code=200, media_type=MediaType.JSON)
+        request_id = uuid.uuid4().hex
+        if prediction_log is not None and (record := served_record(module.name, request_id, payload, answer, received_at)):
+            prediction_log.enqueue(record)  # never blocks, never raises; drops are counted
+        return Response(encode(answer), status_code=200, media_type=MediaType.JSON, headers={REQUEST_ID_HEADER: request_id})
 
     # Annotations drive Litestar's docs; the body is decoded by hand (strict msgspec, our errors).
     handler.__annotations__ = {"request": Request, "return": Response[module.response_type]}  # type: ignore[misc]
@@ -168,7 +187,12 @@ def _predict_handler(
                 # Litestar owns components/schemas.
                 schema=_inline_refs(msgspec.json.schema(module.request_type)),  # type: ignore[arg-type]
                 examples={k: Example(value=v) for k, v in module.examples.items()} or None,
-            )
+            ),
+            **(
+                {"image/png": OpenAPIMediaType(schema={"type": "string", "format": "binary"})}  # type: ignore[arg-type]
+                if decode_other is not None
+                else {}
+            ),
         },
     )
     operation_class = type(f"Predict{module.name.title()}Operation", (_PredictOperation,), {"body": request_body})

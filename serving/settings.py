@@ -11,10 +11,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mlops_assets.constants import ATMOS_MODEL_NAME, DEFAULT_TRACKING_URI, INSURANCE_MODEL_NAME
+from mlops_assets.constants import ATMOS_MODEL_NAME, DEFAULT_TRACKING_URI, DIGITS_MODEL_NAME, INSURANCE_MODEL_NAME
+from mlops_assets.monitoring.served_log import DEFAULT_WAREHOUSE_URL
+from serving.prediction_log import prediction_log_enabled
 
-#: Both families the pipeline trains; `/ready` waits for a champion of each.
-DEFAULT_MODELS: tuple[str, ...] = (ATMOS_MODEL_NAME, INSURANCE_MODEL_NAME)
+#: Every model the pipeline trains; `/ready` needs each loaded, or known to have no champion.
+DEFAULT_MODELS: tuple[str, ...] = (ATMOS_MODEL_NAME, INSURANCE_MODEL_NAME, DIGITS_MODEL_NAME)
 MAX_BODY_BYTES = 1024 * 1024
 #: Where workers share Prometheus samples (prometheus_client's multiprocess mode).
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -48,6 +50,10 @@ class ServingSettings:
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     #: A request that would wait longer than this for its prediction gets 503 at once.
     deadline_ms: float = DEFAULT_DEADLINE_MS
+    #: Log answered forecasts to the warehouse table `served_forecasts` (SERVING_PREDICTION_LOG=off: no).
+    prediction_log: bool = True
+    #: The pipeline's warehouse (WAREHOUSE_URL), where the prediction log writes.
+    warehouse_url: str = DEFAULT_WAREHOUSE_URL
     #: An idle model whose predict calls take less CPU than this (smoothed) predicts on the event loop.
     inline_below_us: float = DEFAULT_INLINE_BELOW_US
 
@@ -91,6 +97,8 @@ class ServingSettings:
             max_batch=_int(env, "SERVING_MAX_BATCH", cls.max_batch),
             max_wait_ms=_float(env, "SERVING_MAX_WAIT_MS", cls.max_wait_ms),
             deadline_ms=_float(env, "SERVING_DEADLINE_MS", cls.deadline_ms),
+            prediction_log=prediction_log_enabled(env.get("SERVING_PREDICTION_LOG")),
+            warehouse_url=env.get("WAREHOUSE_URL") or DEFAULT_WAREHOUSE_URL,
             inline_below_us=_float(env, "SERVING_INLINE_BELOW_US", cls.inline_below_us),
         )
 

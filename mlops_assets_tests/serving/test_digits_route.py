@@ -152,7 +152,21 @@ async def test_nan_and_non_json_bodies_are_4xx(served: tuple) -> None:
     response = await client.put(PATH, content=nan_body, headers={"content-type": "application/json"})
     assert response.status_code == 422 and "NaN" in response.text and "$.image[0][0]" in response.text
     response = await client.put(PATH, content=digit_to_png(np.ones(64)), headers={"content-type": "image/png"})
-    assert 400 <= response.status_code < 500  # until the app routes image/png bodies to decode_body
+    assert response.status_code == 422  # a PNG body without ink
+    response = await client.put(PATH, content=b"GIF89a....", headers={"content-type": "image/gif"})
+    assert response.status_code == 415 and "image/gif" in response.text
+
+
+async def test_a_raw_png_body_gets_the_answer_of_its_array(served: tuple) -> None:
+    """`Content-Type: image/png`: the app hands the bytes to the module's decoder, not to JSON."""
+    client, _ = served
+    images = load_digits().images
+    for index in (0, 3, 10):
+        as_array = await client.put(PATH, json={"image": images[index].tolist()})
+        as_png = await client.post(PATH, content=digit_to_png(images[index], 6), headers={"content-type": "image/png"})
+        assert as_array.status_code == as_png.status_code == 200, as_png.text
+        assert as_png.json()["digit"] == as_array.json()["digit"]
+        assert len(as_png.json()["nearest"]) == 3
 
 
 def test_decode_body_takes_png_bodies_and_refuses_other_media() -> None:

@@ -155,7 +155,9 @@ def test_hot_swap_under_load_on_two_workers(live: LiveServer) -> None:
                     continue
                 body = response.json()
                 version = body["model"]["version"]
-                if body["result"] != live.store.expected(version, np.asarray([temps]))[0].tolist():
+                expected = live.store.expected(version, np.asarray([temps]))[0]
+                # Micro-batching stacks rows: a batched matrix product may round the last bit differently.
+                if not np.allclose(body["result"], expected, rtol=0, atol=1e-9):
                     failures.append(f"version {version} answered with other numbers")
                 if version == "3" and not first_new:
                     first_new.append(time.monotonic())

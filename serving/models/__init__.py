@@ -78,6 +78,9 @@ class ModelModule(Generic[ArtifactT, BodyT, InputT, OutputT]):
     #: Most requests `predict` may get at once (micro-batching stacks their input rows and gives
     #: each its slice of the output rows). 1 for a predict that answers a single row only.
     max_batch: int | None = None
+    #: Optional: a non-JSON body (`Content-Type: image/...`) and its content type -> the decoded
+    #: request; raises an HTTP 4xx for what it cannot read (e.g. the digits route's PNG bodies).
+    decode_body: Callable[[bytes, str], BodyT] | None = None
 
     @property
     def path(self) -> str:

@@ -178,4 +178,6 @@ MODEL: ModelModule[DigitModel, DigitsRequest, np.ndarray, DigitsOutput] = ModelM
     ),
     route="digits",
     examples={"a zero from the dataset": {"image": _EXAMPLE_ZERO}},
+    decode_body=decode_body,
+    max_batch=1,  # `predict` explains one image (its probabilities and nearest neighbours)
 )
