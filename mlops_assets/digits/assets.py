@@ -17,7 +17,7 @@ import numpy as np
 from mlflow.models import infer_signature
 from pydantic import Field
 
-from mlops_assets.constants import CHAMPION_ALIAS, DIGITS_GROUP, DIGITS_MODEL_NAME, SEARCH_POOL
+from mlops_assets.constants import CHAMPION_ALIAS, DIGITS_GROUP, DIGITS_MODEL_NAME
 from mlops_assets.digits.dataset import CLASSES, DigitsDataError, DigitsSplit, LabelledDigits, split_digits, validation_split
 from mlops_assets.digits.families import KNOWN_GOOD, SKOPS_TRUSTED_TYPES, baselines, error_rate, fixed_space, search_space
 from mlops_assets.digits.png import montage_png
@@ -26,9 +26,9 @@ from mlops_assets.digits.source import BUNDLED_SOURCE, DigitsSource
 from mlops_assets.digits.table import TABLE_NAME, read_digit_images, replace_digit_images
 from mlops_assets.promotion.registry_promotion import promote_tuned_model
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
-from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.resources import TuningResource
+from mlops_assets.training.search_asset import search_asset
 from mlops_assets.training.tuned_model import TunedModel
 from mlops_assets.training.tuning import run_search
 
@@ -73,13 +73,9 @@ class DigitsSearchConfig(dg.Config):
     )
 
 
-@dg.asset(
+@search_asset(
     group_name=DIGITS_GROUP,
     deps=[digit_images],
-    io_manager_key=TUNED_MODEL_IO_MANAGER,
-    pool=SEARCH_POOL,  # one search at a time on the cluster (limit in dagster.yaml)
-    automation_condition=dg.AutomationCondition.eager(),
-    kinds={"ray", "mlflow", "scikitlearn"},
     owners=["team:vision"],
     description="Ray Tune search over an RBF SVC, an MLP and NCA + kNN (stratified 75/25 seeded split); logs the model with its neighbour index.",
 )

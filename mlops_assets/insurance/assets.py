@@ -6,7 +6,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.metrics import mean_absolute_error
 
-from mlops_assets.constants import CHAMPION_ALIAS, INSURANCE_GROUP, INSURANCE_MODEL_NAME, SEARCH_POOL
+from mlops_assets.constants import CHAMPION_ALIAS, INSURANCE_GROUP, INSURANCE_MODEL_NAME
 from mlops_assets.insurance.policies import PolicySchemaError, validate_policies
 from mlops_assets.insurance.search import fit_and_score, insurance_trial, median_baseline_mae
 from mlops_assets.insurance.sources import PolicySource
@@ -14,9 +14,9 @@ from mlops_assets.ml.model_io import log_compiled_parity
 from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, TARGET, Split, search_space, split_policies
 from mlops_assets.promotion.registry_promotion import promote_tuned_model
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
-from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.resources import TuningResource
+from mlops_assets.training.search_asset import search_asset
 from mlops_assets.training.tuned_model import TunedModel
 from mlops_assets.training.tuning import run_search
 
@@ -65,13 +65,9 @@ def insurance_holdout(warehouse: WarehouseResource) -> Split:
     return split_policies(policies)
 
 
-@dg.asset(
+@search_asset(
     group_name=INSURANCE_GROUP,
     deps=[insurance_policies],
-    io_manager_key=TUNED_MODEL_IO_MANAGER,
-    pool=SEARCH_POOL,  # one search at a time on the cluster (limit in dagster.yaml)
-    automation_condition=dg.AutomationCondition.eager(),
-    kinds={"ray", "mlflow", "scikitlearn"},
     owners=["team:pricing"],
     description="Ray Tune search over gradient boosting and a linear model with interactions (80/20 seeded split).",
 )

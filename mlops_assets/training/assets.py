@@ -5,7 +5,7 @@ import mlflow
 from mlflow.models.model import ModelInfo
 import numpy as np
 
-from mlops_assets.constants import ATMOS_GROUP, SEARCH_POOL
+from mlops_assets.constants import ATMOS_GROUP
 from mlops_assets.features.assets import atmos_features
 from mlops_assets.ingestion.sources import ObservationSource
 from mlops_assets.ml import forecasters
@@ -13,7 +13,6 @@ from mlops_assets.ml.metrics import baseline_maes, baselines_per_horizon
 from mlops_assets.ml.model_io import log_compiled_parity, log_forecaster
 from mlops_assets.ml.windows import TrainingWindows, build_training_windows
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
-from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.forecaster_search import (
     TRIAL_ITERATIONS,
@@ -25,6 +24,7 @@ from mlops_assets.training.forecaster_search import (
 from mlops_assets.plots import figure_markdown
 from mlops_assets.training.plots import forecast_figure, horizon_error_figure
 from mlops_assets.training.resources import TuningResource
+from mlops_assets.training.search_asset import search_asset
 from mlops_assets.training.tuned_model import TunedModel
 from mlops_assets.training.tuning import run_search
 
@@ -65,13 +65,9 @@ def atmos_training_windows(source: ObservationSource, warehouse: WarehouseResour
     )
 
 
-@dg.asset(
+@search_asset(
     group_name=ATMOS_GROUP,
     deps=[atmos_training_windows],
-    io_manager_key=TUNED_MODEL_IO_MANAGER,
-    pool=SEARCH_POOL,  # one search at a time on the cluster (limit in dagster.yaml)
-    automation_condition=dg.AutomationCondition.eager(),
-    kinds={"ray", "mlflow", "scikitlearn"},
     owners=["team:forecasting"],
     description="Ray Tune search over model families; the best trial refit and logged to MLflow.",
 )
