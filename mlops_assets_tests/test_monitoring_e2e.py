@@ -1,16 +1,23 @@
-"""End to end: a registered forecaster answers through the service's own code, PredictionLog writes what
-it served, the accuracy asset scores those days, and an independent computation agrees.
+"""End to end (issue 13): the real service answers forecasts for past days of the bundled sample and
+logs them, the accuracy asset scores those days, and an independent computation agrees.
 
-The service does not call PredictionLog yet (serving/app.py is wired by its owner), so requests go
-through `serving.models.atmos_temperature` (complete -> build_input -> predict -> shape_response) and
-`served_record`, exactly the calls the wiring makes, without HTTP.
+`mlops-assets serve` runs as a subprocess on a free port against a real MLflow store and a SQLite
+warehouse; it is stopped with SIGTERM (its lifespan flushes the prediction log) before
+`atmos_forecast_accuracy` is materialized through `dg.materialize` on the same warehouse. The test
+computes the realized MAE itself from the HTTP answers and the raw sample, per day and lead hour.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import uuid
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +26,7 @@ import mlflow.models
 import numpy as np
 import pandas as pd
 import pytest
-from prometheus_client import CollectorRegistry
+import sqlalchemy as sa
 from sklearn.linear_model import Ridge
 
 from mlops_assets.ingestion.sources import SampleObservationSource, load_sample_observations
@@ -32,13 +39,43 @@ from mlops_assets.monitoring.resources import MonitoringSettings
 from mlops_assets.monitoring.sensors import champion_degradation_sensor
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
-from serving.models import ModelRef
-from serving.models import atmos_temperature as served
-from serving.prediction_log import PredictionLog, served_record
 
 STATION = "JFK"
 MODEL = "atmos_temperature"
 DAYS = ["2013-11-20", "2013-11-21", "2013-11-22", "2013-11-23"]
+
+
+HOST = "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _call(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def _wait_ready(process: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"mlops-assets serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if _call(port, "GET", "/ready")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"mlops-assets serve not ready after {timeout} s:\n{log_path.read_text()[-3000:]}")
 
 
 @pytest.mark.slow
@@ -63,42 +100,68 @@ def test_served_forecasts_are_scored_like_an_independent_computation(
         client.create_registered_model(MODEL)
         version = str(client.create_model_version(MODEL, info.model_uri, run_id=run.info.run_id, tags={"test_mae": f"{test_mae:.4f}"}).version)
         client.set_registered_model_alias(MODEL, "champion", version)
-        forecaster = served.load(f"models:/{MODEL}@champion")
     finally:
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
-    # Serve every 2 hours over the days, plus one forecast whose hours are not stored yet.
+    # The real service, logging to the warehouse the asset reads.
     warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "PROMETHEUS_"))}
+    env.update(
+        MLFLOW_TRACKING_URI=mlflow_uri, WAREHOUSE_URL=warehouse.url, SERVING_MODELS=MODEL, SERVING_PREDICTION_LOG="on",
+        MLFLOW_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1",
+    )
+    log_path = tmp_path / "serve.log"
+    command = [str(Path(sys.executable).with_name("mlops-assets")), "serve", "--host", HOST, "--port", str(port), "--workers", "1"]
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    # Serve every 2 hours over the days (inputs: the 72 stored hours before), plus forecasts whose
+    # hours are not stored yet (pending).
     last_stored = pd.Timestamp("2013-11-24 12:00", tz="UTC")
+    issued = list(pd.date_range("2013-11-20 00:00", "2013-11-23 22:00", freq="2h", tz="UTC"))
+    served: list[tuple[pd.Timestamp, np.ndarray, str]] = []
+    try:
+        _wait_ready(process, port, log_path)
+        for last in issued:
+            inputs = observed.reindex(pd.date_range(end=last, periods=72, freq="h"))
+            if inputs.isna().any():
+                continue
+            body = json.dumps({"time_series": inputs.round(2).tolist(), "last_observed_at": last.isoformat()}).encode()
+            status, headers, raw = _call(port, "PUT", f"/predict/{MODEL}", body)
+            assert status == 200, raw
+            answer = json.loads(raw)
+            assert answer["model"]["version"] == version
+            served.append((last, np.asarray(answer["result"], dtype="float64"), headers["x-request-id"]))
+    finally:
+        process.send_signal(signal.SIGTERM)  # graceful: the lifespan flushes the prediction log
+        try:
+            returncode = process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+            pytest.fail(f"mlops-assets serve did not stop on SIGTERM:\n{log_path.read_text()[-3000:]}")
+    # uvicorn re-raises SIGTERM after a graceful shutdown of a single process: -15 is a clean stop too.
+    server_log = log_path.read_text()
+    assert returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in server_log, server_log[-3000:]
+    assert len(served) >= 40
+
+    # Every answer is in served_forecasts, under the id the service returned, with what it answered.
+    engine = sa.create_engine(warehouse.url)
+    try:
+        logged = pd.read_sql(sa.text("SELECT request_id, model_version, last_observed_at, forecast FROM served_forecasts"), engine)
+    finally:
+        engine.dispose()
+    assert sorted(logged["request_id"]) == sorted(request_id for _, _, request_id in served)
+    by_id = logged.set_index("request_id")
+    for last, forecast, request_id in served:
+        row = by_id.loc[request_id]
+        assert row["model_version"] == version
+        assert pd.Timestamp(row["last_observed_at"]).tz_localize(None) == last.tz_localize(None)
+        np.testing.assert_array_equal(np.asarray(json.loads(row["forecast"])), forecast)
+
     stored = sample[(sample["time"] >= "2013-11-10") & (sample["time"] <= last_stored)]
     warehouse.replace_observations(STATION, pd.Timestamp("2013-11-10", tz="UTC"), last_stored + pd.Timedelta(hours=1), stored)
-    issued = list(pd.date_range("2013-11-20 00:00", "2013-11-23 22:00", freq="2h", tz="UTC"))
-    served_forecasts: list[tuple[pd.Timestamp, np.ndarray]] = []
-    registry = CollectorRegistry()
-
-    async def serve_and_log() -> int:
-        log = PredictionLog(warehouse.url, registry=registry, batch_size=16)
-        sent = 0
-        async with log.running():
-            for last in issued:
-                inputs = observed.reindex(pd.date_range(end=last, periods=72, freq="h"))
-                if inputs.isna().any():
-                    continue
-                body = served.AtmosTemperatureRequest(time_series=inputs.round(2).tolist(), last_observed_at=last.to_pydatetime())
-                window = served.complete(body)
-                answer = served.shape_response(
-                    served.predict(forecaster, served.build_input(forecaster, window)), ModelRef(MODEL, version, "champion"), window
-                )
-                record = served_record(MODEL, uuid.uuid4().hex, window, answer, dt.datetime.now(dt.timezone.utc))
-                assert record is not None and log.enqueue(record)
-                served_forecasts.append((last, np.asarray(answer.result)))
-                sent += 1
-                await asyncio.sleep(0)
-        return sent
-
-    sent = asyncio.run(serve_and_log())
-    assert sent >= 40
-    assert registry.get_sample_value("serving_prediction_log_written_total") == sent
 
     resources = {"source": SampleObservationSource(station_id=STATION), "warehouse": warehouse, "registry": MlflowRegistry(tracking_uri=mlflow_uri)}
     tags = {"dagster/asset_partition_range_start": DAYS[0], "dagster/asset_partition_range_end": DAYS[-1]}
@@ -110,7 +173,7 @@ def test_served_forecasts_are_scored_like_an_independent_computation(
     # Independent: per forecast, the 24 hours after its last observed hour in the raw sample.
     expected: dict[str, list[np.ndarray]] = {}
     pending = 0
-    for last, forecast in served_forecasts:
+    for last, forecast, _ in served:
         hours = pd.date_range(last + pd.Timedelta(hours=1), periods=24, freq="h")
         if hours[-1] > last_stored:
             pending += 1
@@ -126,11 +189,11 @@ def test_served_forecasts_are_scored_like_an_independent_computation(
         matrix = np.vstack(errors)
         assert row["forecasts"] == len(errors)
         assert row["mae"] == pytest.approx(matrix.mean(), abs=1e-6)
-        assert row["mae_h01"] == pytest.approx(matrix[:, 0].mean(), abs=1e-6)
-        assert row["mae_h24"] == pytest.approx(matrix[:, 23].mean(), abs=1e-6)
+        for lead in range(24):
+            assert row[f"mae_h{lead + 1:02d}"] == pytest.approx(matrix[:, lead].mean(), abs=1e-6)
     assert metadata["forecasts_pending"].value == pending >= 1
     realized = float(np.vstack([e for errors in expected.values() for e in errors]).mean())
-    print(f"e2e: {sent} forecasts served, realized MAE {realized:.3f} vs test MAE {test_mae:.3f}")
+    print(f"e2e: {len(served)} forecasts served, realized MAE {realized:.3f} vs test MAE {test_mae:.3f}")
 
     # A realized MAE near the test MAE is not a degradation; a strict margin makes it one.
     with dg.instance_for_test() as instance:
