@@ -96,7 +96,7 @@ def test_search_promotes_then_worse_challengers_are_rejected(tmp_path: Path, mlf
     )
     evaluation = blocked.get_asset_check_evaluations()[0]
     assert not evaluation.passed
-    assert evaluation.metadata["test_accuracy"].value < evaluation.metadata["baseline_knn3_raw_accuracy"].value
+    assert evaluation.metadata["test_accuracy"].value < evaluation.metadata["knn3_raw_baseline_accuracy"].value
     assert not blocked.asset_materializations_for_node("digits_champion_model")
     versions = client.search_model_versions(f"name='{DIGITS_MODEL_NAME}'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]

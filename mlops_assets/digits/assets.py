@@ -171,8 +171,8 @@ def _search(
     details = {
         "test_accuracy": round(refit.accuracy, 4),
         "val_accuracy": round(1 - val_error, 4),
-        "baseline_majority_accuracy": round(1 - base.majority, 4),
-        "baseline_knn3_raw_accuracy": round(1 - base.knn3_raw, 4),
+        "majority_baseline_accuracy": round(1 - base.majority, 4),
+        "knn3_raw_baseline_accuracy": round(1 - base.knn3_raw, 4),
         "images_train": len(outer.train),
         "images_test": len(outer.test),
         "index_images": len(refit.model.index_labels_),
@@ -246,6 +246,6 @@ def digits_champion_model(
     metadata["champion_test_accuracy_same_holdout"] = (
         round(1 - decision.champion_score, 4) if decision.champion_score is not None else None
     )
-    metadata.update({f"baseline_{name}_accuracy": round(1 - value, 4) for name, value in base.items()})
+    metadata.update({f"{name}_baseline_accuracy": round(1 - value, 4) for name, value in base.items()})
     metadata["holdout_images"] = len(holdout.test)
     return dg.MaterializeResult(metadata=metadata)

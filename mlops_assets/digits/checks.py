@@ -21,7 +21,7 @@ def digits_tuned_model_beats_baselines(digits_tuned_model: TunedModel) -> dg.Ass
         passed=passed,
         metadata={
             "test_accuracy": round(1 - tuned.test_score, 4),
-            **{f"baseline_{name}_accuracy": round(1 - score, 4) for name, score in tuned.baselines.items()},
+            **{f"{name}_baseline_accuracy": round(1 - score, 4) for name, score in tuned.baselines.items()},
             "error_rate_margin_over_baselines": dg.MetadataValue.json(margins),
         },
     )
