@@ -16,11 +16,11 @@ import mlflow
 import pytest
 
 from mlops_assets.constants import DIGITS_MODEL_NAME
-from mlops_assets.digits.assets import TUNED_MODEL_IO_MANAGER, digit_images, digits_champion_model, digits_tuned_model
+from mlops_assets.digits.assets import digit_images, digits_champion_model, digits_tuned_model
 from mlops_assets.digits.checks import digits_tuned_model_beats_baselines
 from mlops_assets.digits.source import BundledDigitsSource
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
-from mlops_assets.resources.tuned_model_store import MlflowTunedModelIOManager
+from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER, MlflowTunedModelIOManager
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.resources import TuningResource
 from mlops_assets.training.tuned_model import TunedModel
