@@ -62,6 +62,37 @@ def request_body() -> bytes:
     return json.dumps({"time_series": inputs.round(2).tolist(), "last_observed_at": LAST_OBSERVED}).encode()
 
 
+def register_family(workdir: Path, family: str) -> tuple[str, str]:
+    """A champion of one forecaster family (default hyperparameters, temperatures only) fitted on the
+    training windows of the bundled JFK sample; returns the store URI and a description."""
+    import mlflow
+    import mlflow.models
+    from mlflow.tracking import MlflowClient
+
+    from mlops_assets.ingestion.sources import load_sample_observations
+    from mlops_assets.ml.forecasters import build_forecaster
+    from mlops_assets.ml.model_io import log_forecaster
+    from mlops_assets.ml.windows import build_training_windows
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    # Inferring pip requirements spawns an interpreter; the service does not read them.
+    mlflow.models.infer_pip_requirements = lambda *a, fallback=None, **k: list(fallback or [])  # type: ignore[assignment]
+    experiment = mlflow.create_experiment("prediction-log-bench", artifact_location=str(workdir / "artifacts"))
+    windows = build_training_windows(load_sample_observations("JFK")[["time", "tmp"]])
+    estimator, spec = build_forecaster({"family": family}, ())
+    X = windows.train.features(spec)
+    estimator.fit(X, windows.train.targets)
+    mae = float(abs(estimator.predict(windows.test.features(spec)) - windows.test.targets).mean())
+    with mlflow.start_run(experiment_id=experiment):
+        info = log_forecaster(estimator, spec, X[:1])
+    version = str(mlflow.register_model(info.model_uri, MODEL).version)
+    MlflowClient(tracking_uri=uri).set_registered_model_alias(MODEL, "champion", version)
+    describe = f"{family} ({type(estimator).__name__}, {X.shape[1]} features, test MAE {mae:.2f} °C), version {version}"
+    log(f"registered {describe}")
+    return uri, describe
+
+
 def fresh_postgres() -> tuple[str, Any]:
     """A new database on the machine's PostgreSQL; returns its URL and a function dropping it."""
     import sqlalchemy as sa
@@ -210,6 +241,10 @@ def main() -> None:
         help="seconds of the unreachable-warehouse run (long enough to fill the 2 x 10,000-record queues)",
     )
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument(
+        "--family", default="ridge",
+        help="champion: 'ridge' (run.py's store: Ridge on the 72 lags) or a forecaster family (ridge_lags, ridge_boost, ...)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "prediction_log.md")
     args = parser.parse_args()
     os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
@@ -217,14 +252,18 @@ def main() -> None:
     report: dict[str, Any] = {
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "command": "python bench/serving/prediction_log_overhead.py" + (" --no-postgres" if args.no_postgres else ""),
+        "command": " ".join(["python bench/serving/prediction_log_overhead.py", *sys.argv[1:]]),
         "duration_s": args.duration,
         "loadavg_start": os.getloadavg()[0],
         "runs": [],
         "summary": {},
     }
-    store = build_store(workdir)
-    report["champion"] = f"ridge on the 72 lags, version {store.champion} (bench/serving/run.py's store)"
+    if args.family == "ridge":
+        store = build_store(workdir)
+        uri = store.uri
+        report["champion"] = f"ridge on the 72 lags, version {store.champion} (bench/serving/run.py's store)"
+    else:
+        uri, report["champion"] = register_family(workdir, args.family)
     body = request_body()
     warehouses: list[tuple[str, Any]] = [("sqlite", None)]
     if not args.no_postgres:
@@ -243,13 +282,13 @@ def main() -> None:
                 url = url_for(i)
                 if label == "postgresql":
                     reset_table(url)
-                runs.append(one_run(store.uri, body, workdir, label, log_on, url, args.duration))
+                runs.append(one_run(uri, body, workdir, label, log_on, url, args.duration))
             report["runs"] += runs
             report["summary"][label] = summarize(runs)
         finally:
             if drop is not None:
                 drop()
-    report["unreachable"] = one_run(store.uri, body, workdir, "unreachable", True, UNREACHABLE_URL, args.unreachable_duration)
+    report["unreachable"] = one_run(uri, body, workdir, "unreachable", True, UNREACHABLE_URL, args.unreachable_duration)
     report["loadavg_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(report))
