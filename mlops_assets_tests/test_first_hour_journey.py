@@ -86,11 +86,12 @@ def test_own_station_file_to_a_forecast_with_the_bare_list(tmp_path: Path) -> No
         ready = None
         while time.monotonic() < deadline:
             try:
-                ready = requests.get(f"{base}/ready", timeout=2)
+                ready = requests.get(f"{base}/ready", timeout=5)
                 if ready.status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # the socket is bound before start-up ends: not up yet
+            assert server.poll() is None, server.stdout.read() if server.stdout else "the service exited"
             time.sleep(0.5)
         assert ready is not None and ready.status_code == 200, ready.text if ready is not None else "no answer"
         assert "atmos_temperature" in ready.text
