@@ -17,14 +17,14 @@ import numpy as np
 from mlflow.models import infer_signature
 from pydantic import Field
 
-from mlops_assets.constants import CHAMPION_ALIAS, DIGITS_GROUP, DIGITS_MODEL_NAME
+from mlops_assets.constants import DIGITS_GROUP, DIGITS_MODEL_NAME
 from mlops_assets.digits.dataset import CLASSES, DigitsDataError, DigitsSplit, LabelledDigits, split_digits, validation_split
 from mlops_assets.digits.families import KNOWN_GOOD, SKOPS_TRUSTED_TYPES, baselines, error_rate, fixed_space, search_space
 from mlops_assets.digits.png import montage_png
 from mlops_assets.digits.search import digits_trial, fit_and_score
 from mlops_assets.digits.source import BUNDLED_SOURCE, DigitsSource
 from mlops_assets.digits.table import TABLE_NAME, read_digit_images, replace_digit_images
-from mlops_assets.promotion.registry_promotion import promote_tuned_model
+from mlops_assets.promotion.registry_promotion import champion_asset, promote_tuned_model
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.resources import TuningResource
@@ -219,14 +219,7 @@ def score_model(registry: MlflowRegistry, model_uri: str, holdout: LabelledDigit
     return error_rate(predicted, holdout.labels)
 
 
-@dg.asset(
-    group_name=DIGITS_GROUP,
-    deps=[digit_images],
-    automation_condition=dg.AutomationCondition.eager(),
-    kinds={"mlflow"},
-    owners=["team:vision"],
-    description=f"Registers the challenger as a version of '{DIGITS_MODEL_NAME}'; moves '{CHAMPION_ALIAS}' only if its accuracy on the same holdout is higher.",
-)
+@champion_asset(group_name=DIGITS_GROUP, model_name=DIGITS_MODEL_NAME, owners=["team:vision"], deps=[digit_images])
 def digits_champion_model(
     context: dg.AssetExecutionContext, digits_tuned_model: TunedModel, warehouse: WarehouseResource, registry: MlflowRegistry
 ) -> dg.MaterializeResult:

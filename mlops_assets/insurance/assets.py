@@ -6,13 +6,13 @@ import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.metrics import mean_absolute_error
 
-from mlops_assets.constants import CHAMPION_ALIAS, INSURANCE_GROUP, INSURANCE_MODEL_NAME
+from mlops_assets.constants import INSURANCE_GROUP, INSURANCE_MODEL_NAME
 from mlops_assets.insurance.policies import PolicySchemaError, validate_policies
 from mlops_assets.insurance.search import fit_and_score, insurance_trial, median_baseline_mae
 from mlops_assets.insurance.sources import PolicySource
 from mlops_assets.ml.model_io import log_compiled_parity
 from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, TARGET, Split, search_space, split_policies
-from mlops_assets.promotion.registry_promotion import promote_tuned_model
+from mlops_assets.promotion.registry_promotion import champion_asset, promote_tuned_model
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.resources import TuningResource
@@ -148,13 +148,7 @@ def _search(
     )
 
 
-@dg.asset(
-    group_name=INSURANCE_GROUP,
-    automation_condition=dg.AutomationCondition.eager(),
-    kinds={"mlflow"},
-    owners=["team:pricing"],
-    description=f"Registers the challenger as a version of '{INSURANCE_MODEL_NAME}'; moves '{CHAMPION_ALIAS}' only if it wins.",
-)
+@champion_asset(group_name=INSURANCE_GROUP, model_name=INSURANCE_MODEL_NAME, owners=["team:pricing"])
 def insurance_champion_model(
     context: dg.AssetExecutionContext, insurance_tuned_model: TunedModel, warehouse: WarehouseResource, registry: MlflowRegistry
 ) -> dg.MaterializeResult:

@@ -1,9 +1,8 @@
 """The `served_forecasts` and `forecast_accuracy` tables, shared by the service and the pipeline.
 
 Imports only SQLAlchemy and the standard library: the prediction service writes through this module
-and must not pay for Dagster or pandas in every worker. The URL handling mirrors
-`mlops_assets.resources.warehouse` (same `WAREHOUSE_URL`, same default file, psycopg2 for bare
-`postgresql://` URLs), which cannot be imported here without importing the pipeline's resources.
+and must not pay for Dagster or pandas in every worker. The URL handling is the warehouse
+resource's (`mlops_assets.warehouse_url`: same `WAREHOUSE_URL`, same default file).
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-#: Same default as the pipeline's warehouse, so the embedded setup needs no configuration.
-DEFAULT_WAREHOUSE_URL = "sqlite:///.mlops/warehouse.db"
+from mlops_assets.warehouse_url import DEFAULT_WAREHOUSE_URL, normalize_url
+
 INPUT_HOURS = 72
 HORIZON_HOURS = 24
 #: Lead hours are 1-based, as in the training metrics (`val_mae_h01` .. `val_mae_h24`).
@@ -57,13 +56,6 @@ forecast_accuracy = sa.Table(
     *[sa.Column(name, sa.Float, nullable=False) for name in LEAD_COLUMNS],
     sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
 )
-
-
-def normalize_url(url: str) -> str:
-    """psycopg2 for bare `postgresql://` URLs, as the warehouse resource does."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg2://" + url.split("://", 1)[1]
-    return url
 
 
 def create_warehouse_engine(url: str = DEFAULT_WAREHOUSE_URL, connect_timeout: float = 5.0) -> sa.Engine:

@@ -5,25 +5,19 @@ import math
 import dagster as dg
 import numpy as np
 
-from mlops_assets.constants import ATMOS_GROUP, ATMOS_MODEL_NAME, CHAMPION_ALIAS
+from mlops_assets.constants import ATMOS_GROUP, ATMOS_MODEL_NAME
 from mlops_assets.ingestion.sources import ObservationSource
 from mlops_assets.ml.metrics import baseline_maes, mae
 from mlops_assets.ml.model_io import load_forecaster
 from mlops_assets.ml.windows import TrainingWindows
-from mlops_assets.promotion.registry_promotion import promote_tuned_model
+from mlops_assets.promotion.registry_promotion import champion_asset, promote_tuned_model
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.training.assets import load_training_windows
 from mlops_assets.training.tuned_model import TunedModel
 
 
-@dg.asset(
-    group_name=ATMOS_GROUP,
-    automation_condition=dg.AutomationCondition.eager(),
-    kinds={"mlflow"},
-    owners=["team:forecasting"],
-    description=f"Registers the challenger as a version of '{ATMOS_MODEL_NAME}'; moves '{CHAMPION_ALIAS}' only if it wins.",
-)
+@champion_asset(group_name=ATMOS_GROUP, model_name=ATMOS_MODEL_NAME, owners=["team:forecasting"])
 def atmos_champion_model(
     context: dg.AssetExecutionContext,
     atmos_tuned_model: TunedModel,

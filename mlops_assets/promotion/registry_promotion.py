@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,21 @@ def promote_if_better(
         registry.move_champion(model_name, version.version)
     after = version.version if decision.promote else (current.version if current else None)
     return PromotionOutcome(decision, version.version, current.version if current else None, after)
+
+
+def champion_asset(
+    *, group_name: str, model_name: str, owners: list[str], deps: Sequence[Any] = ()
+) -> Callable[..., dg.AssetsDefinition]:
+    """`@dg.asset` for a pipeline's champion step (it calls `promote_tuned_model`)."""
+    return dg.asset(
+        group_name=group_name,
+        deps=list(deps),
+        automation_condition=dg.AutomationCondition.eager(),
+        kinds={"mlflow"},
+        owners=owners,
+        description=f"Registers the challenger as a version of '{model_name}'; moves '{CHAMPION_ALIAS}' only if it "
+        "beats its baselines and the champion on the same holdout.",
+    )
 
 
 def promote_tuned_model(

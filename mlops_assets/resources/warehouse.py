@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
 from mlops_assets.ingestion.observations import COLUMNS, QC_COLUMNS, VARIABLES, conform
+from mlops_assets.warehouse_url import DEFAULT_WAREHOUSE_URL, normalize_url
 
-DEFAULT_WAREHOUSE_URL = "sqlite:///.mlops/warehouse.db"
 
 metadata = sa.MetaData()
 
@@ -59,13 +59,6 @@ insurance_policies = sa.Table(
     sa.Column("region", sa.String(16), nullable=False),
     sa.Column("charges", sa.Float, nullable=False),
 )
-
-
-def normalize_url(url: str) -> str:
-    """Use psycopg2 for bare `postgresql://` URLs (SQLAlchemy 2.1 defaults to psycopg 3)."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg2://" + url.split("://", 1)[1]
-    return url
 
 
 class WarehouseResource(dg.ConfigurableResource):
