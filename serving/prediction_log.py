@@ -1,10 +1,10 @@
 """Writes every answered forecast to the warehouse table `served_forecasts`, off the request path.
 
 Each worker owns one `PredictionLog`: `enqueue` puts the record on a bounded in-memory queue and
-returns at once; one background task takes what is queued (up to `batch_size` rows) and inserts it
-with one executemany in a thread, so the event loop never waits for the database. While the
-warehouse is up nothing is lost; while it is down or slow, the oldest batch is retried with backoff,
-the queue fills and further records are dropped and counted in
+returns at once; one background task takes what is queued (up to `batch_size` rows), encodes it
+and inserts it in a thread (COPY on PostgreSQL, one executemany elsewhere), so the event loop never
+waits for the database. While the warehouse is up nothing is lost; while it is down or slow, the
+oldest batch is retried with backoff, the queue fills and further records are dropped and counted in
 `serving_prediction_log_dropped_total{reason=...}`: a request is never slowed or failed by its log.
 
 Wiring (in `serving.app.create_app`; the switch `SERVING_PREDICTION_LOG=off` belongs to the caller's
@@ -48,6 +48,8 @@ REQUEST_ID_HEADER = "X-Request-ID"
 LOGGED_MODELS = frozenset({"atmos_temperature"})
 
 DROP_REASONS = ("queue_full", "rejected", "shutdown", "closed")
+#: Records encoded between two yields to the event loop (~5 us each).
+ENCODE_CHUNK = 64
 
 
 def prediction_log_enabled(value: str | None) -> bool:
@@ -226,7 +228,7 @@ class PredictionLog:
                     break
                 batch.append(item)
             self._inflight = batch
-            rows = await asyncio.to_thread(self._rows, batch)
+            rows = await self._rows(batch)
             self._inflight = rows
             await self._write_with_retries(rows)
             self._inflight = []
@@ -255,15 +257,22 @@ class PredictionLog:
                 delay = min(delay * 2, self.max_retry_seconds)
         self.last_error = None
 
-    def _rows(self, records: Sequence[ServedForecast]) -> list[dict[str, Any]]:
-        """Insert parameters (JSON text, UTC times); a record that cannot be serialised is dropped as rejected."""
+    async def _rows(self, records: Sequence[ServedForecast]) -> list[dict[str, Any]]:
+        """Insert parameters (JSON text, UTC times); a record that cannot be serialised is dropped as rejected.
+
+        Encoded on the event loop, `ENCODE_CHUNK` rows (~0.3 ms) at a time: a thread would take the
+        GIL from the loop for up to the interpreter's 5 ms switch interval and show in the p99.
+        """
         rows = []
-        for record in records:
-            try:
-                rows.append(record.row())
-            except Exception as error:  # must not stop the writer: counted and logged, never silent
-                log.warning("prediction log: record %s rejected: %s", getattr(record, "request_id", "?"), error)
-                self.dropped.labels("rejected").inc()
+        for start in range(0, len(records), ENCODE_CHUNK):
+            if start:
+                await asyncio.sleep(0)  # let waiting requests run between chunks
+            for record in records[start : start + ENCODE_CHUNK]:
+                try:
+                    rows.append(record.row())
+                except Exception as error:  # must not stop the writer: counted and logged, never silent
+                    log.warning("prediction log: record %s rejected: %s", getattr(record, "request_id", "?"), error)
+                    self.dropped.labels("rejected").inc()
         return rows
 
     def _insert(self, rows: Sequence[dict[str, Any]]) -> None:

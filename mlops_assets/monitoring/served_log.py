@@ -8,13 +8,14 @@ resource's (`mlops_assets.warehouse_url`: same `WAREHOUSE_URL`, same default fil
 from __future__ import annotations
 
 import datetime as dt
-import json
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 
 from mlops_assets.warehouse_url import DEFAULT_WAREHOUSE_URL, normalize_url
@@ -118,19 +119,74 @@ class ServedForecast:
             "model_version": str(self.model_version),
             "received_at": as_utc(self.received_at),
             "last_observed_at": as_utc(self.last_observed_at),
-            "forecast": json.dumps([float(v) for v in self.forecast]),
-            "inputs": json.dumps([float(v) for v in self.inputs]),
-            "covariates": None
-            if self.covariates is None
-            else json.dumps({name: [float(v) for v in values] for name, values in self.covariates.items()}),
+            "forecast": json_text(self.forecast),
+            "inputs": json_text(self.inputs),
+            "covariates": None if self.covariates is None else json_text(self.covariates),
         }
 
 
+def _plain_number(value: Any) -> Any:
+    """NumPy scalars and arrays (which msgspec does not encode) as Python floats and lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, float):  # float subclasses, e.g. numpy.float64
+        return float(value)
+    raise TypeError(f"cannot store {type(value).__name__} in served_forecasts")
+
+
+# msgspec encodes a list of 96 floats in ~4 us, json.dumps in ~70 us: the writer's main cost (bench/README.md).
+_encode_json = msgspec.json.Encoder(enc_hook=_plain_number).encode
+
+
+def json_text(values: Any) -> str:
+    """Numbers (lists, dicts of lists, NumPy arrays) as compact JSON text; NaN is refused, not stored as null."""
+    text = _encode_json(values).decode()
+    if "null" in text:
+        raise ValueError("served values must be finite numbers (NaN or infinity found)")
+    return text
+
+
+_COLUMNS = ("request_id", "model_name", "model_version", "received_at", "last_observed_at", "forecast", "inputs", "covariates")
+#: PostgreSQL COPY text format: backslash, tab, newline and carriage return are escaped, NULL is \N.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_field(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, dt.datetime):
+        return value.isoformat()  # aware UTC: timestamptz reads the offset
+    return str(value).translate(_COPY_ESCAPES)
+
+
+def _copy_rows(connection: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """PostgreSQL's COPY FROM STDIN: ~5 us of client CPU per row against ~24 us for an executemany."""
+    text = "".join("\t".join([_copy_field(row[name]) for name in _COLUMNS]) + "\n" for row in rows)
+    cursor = connection.cursor()
+    try:
+        cursor.copy_expert(f"COPY {served_forecasts.name} ({', '.join(_COLUMNS)}) FROM STDIN", io.StringIO(text))
+    finally:
+        cursor.close()
+
+
 def insert_served(engine: sa.Engine, rows: Sequence[Mapping[str, Any]]) -> None:
-    """One transaction, one executemany."""
-    if rows:
+    """One transaction: COPY on PostgreSQL (psycopg2), one executemany elsewhere.
+
+    A batch is all or nothing either way: a refused row (e.g. a repeated request id) raises
+    `sqlalchemy.exc.IntegrityError` and nothing of the batch is stored.
+    """
+    if not rows:
+        return
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg2":
         with engine.begin() as connection:
-            connection.execute(sa.insert(served_forecasts), list(rows))
+            driver_connection = connection.connection.dbapi_connection
+            try:
+                _copy_rows(driver_connection, rows)
+            except engine.dialect.loaded_dbapi.IntegrityError as error:
+                raise sa.exc.IntegrityError(f"COPY {served_forecasts.name}", None, error) from error
+        return
+    with engine.begin() as connection:
+        connection.execute(sa.insert(served_forecasts), list(rows))
 
 
 def to_utc(value: dt.datetime) -> dt.datetime:
