@@ -2,19 +2,25 @@
 
 import dagster as dg
 
+from mlops_assets.atmos.assets import (
+    atmos_champion_model,
+    atmos_features,
+    atmos_training_windows,
+    atmos_tuned_model,
+    raw_atmos_observations,
+)
+from mlops_assets.atmos.checks import atmos_champion_serves, atmos_features_checks, atmos_tuned_model_beats_baselines
+from mlops_assets.atmos.schedules import (
+    atmos_ingestion_job,
+    atmos_training_job,
+    atmos_weekly_retraining_schedule,
+    build_ingestion_schedule,
+)
 from mlops_assets.automation import automation_sensor
 from mlops_assets.digits.assets import digit_images, digits_champion_model, digits_tuned_model
 from mlops_assets.digits.checks import digits_tuned_model_beats_baselines
-from mlops_assets.features.assets import atmos_features
-from mlops_assets.features.checks import atmos_features_checks
-from mlops_assets.ingestion.assets import raw_atmos_observations
-from mlops_assets.ingestion.schedules import atmos_ingestion_job, build_ingestion_schedule
-from mlops_assets.insurance.assets import (
-    insurance_champion_model,
-    insurance_policies,
-    insurance_tuned_model,
-    insurance_tuned_model_beats_baseline,
-)
+from mlops_assets.insurance.assets import insurance_champion_model, insurance_policies, insurance_tuned_model
+from mlops_assets.insurance.checks import insurance_tuned_model_beats_baseline
 from mlops_assets.monitoring.assets import atmos_forecast_accuracy
 from mlops_assets.monitoring.checks import atmos_served_inputs_drift
 from mlops_assets.monitoring.sensors import (
@@ -23,11 +29,7 @@ from mlops_assets.monitoring.sensors import (
     champion_degradation_sensor,
     input_files_sensor,
 )
-from mlops_assets.promotion.assets import atmos_champion_model
-from mlops_assets.promotion.checks import atmos_champion_serves, atmos_tuned_model_beats_baselines
 from mlops_assets.resources import atmos_source_kind, build_resources
-from mlops_assets.training.assets import atmos_training_windows, atmos_tuned_model
-from mlops_assets.training.schedules import atmos_training_job, atmos_weekly_retraining_schedule
 
 
 @dg.definitions

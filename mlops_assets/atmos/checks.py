@@ -1,14 +1,22 @@
-"""Asset checks on the cleaned series: blocking ones guard training, WARN ones inform."""
+"""Asset checks of the atmos pipeline: on the cleaned series and around promotion.
 
+On the features, blocking checks guard training and WARN ones inform; on the models, a challenger
+that is not better than naive never reaches the registry, and the champion alias must forecast.
+"""
+
+import math
 from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
 
-from mlops_assets.features import quality
-from mlops_assets.features.assets import atmos_features
-from mlops_assets.ingestion.sources import ObservationSource
+from mlops_assets.atmos import quality
+from mlops_assets.atmos.assets import atmos_champion_model, atmos_features, atmos_tuned_model, forecaster_test_mae, load_training_windows
+from mlops_assets.atmos.source import ObservationSource
+from mlops_assets.constants import ATMOS_MODEL_NAME
+from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
+from mlops_assets.tuning.tuned_model import TunedModel
 
 MAX_TMP_MISSING_RATE = 0.05
 MAX_HOURS_SINCE_LAST = 48.0
@@ -74,3 +82,32 @@ def evaluate_feature_checks(frame: pd.DataFrame, is_live: bool, now: pd.Timestam
         severity=_WARN,
         metadata={"drifted": dg.MetadataValue.json(drifted), "per_variable": dg.MetadataValue.json(drift)},
     )
+
+
+@dg.asset_check(asset=atmos_tuned_model, blocking=True, description="finite scores that beat persistence and seasonal naive")
+def atmos_tuned_model_beats_baselines(atmos_tuned_model: TunedModel) -> dg.AssetCheckResult:
+    tuned = atmos_tuned_model
+    per_horizon = tuned.details.get("test_mae_per_horizon", [])
+    margins = {name: round(score - tuned.test_score, 4) for name, score in tuned.baselines.items()}
+    return dg.AssetCheckResult(
+        passed=tuned.beats_baselines() and all(math.isfinite(v) for v in per_horizon),
+        metadata={
+            "test_mae": tuned.test_score,
+            "margin_over_baselines": dg.MetadataValue.json(margins),
+            "improvement_over_persistence": round(1 - tuned.test_score / tuned.baselines["persistence"], 4),
+        },
+    )
+
+
+@dg.asset_check(asset=atmos_champion_model, description="the champion alias resolves to a version that forecasts")
+def atmos_champion_serves(
+    registry: MlflowRegistry, source: ObservationSource, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    champion = registry.champion(ATMOS_MODEL_NAME)
+    if champion is None:
+        return dg.AssetCheckResult(passed=False, metadata={"problem": "no version carries the champion alias"})
+    try:
+        score = forecaster_test_mae(registry, f"models:/{ATMOS_MODEL_NAME}/{champion.version}", load_training_windows(source, warehouse))
+    except dg.Failure as failure:  # the check's verdict, not a crash of the check
+        return dg.AssetCheckResult(passed=False, metadata={"champion_version": int(champion.version), "problem": failure.description or ""})
+    return dg.AssetCheckResult(passed=True, metadata={"champion_version": int(champion.version), "test_mae": round(score, 4)})

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mlops_assets.ingestion.observations import VARIABLES
+from mlops_assets.atmos.observations import VARIABLES
 
 MAX_FILLED_GAP_HOURS = 3
 #: QC flag meaning "error" in KMA's convention (0/"" normal, 9 missing, others suspect).

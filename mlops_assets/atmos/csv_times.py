@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
-from mlops_assets.ingestion.observations import SourceConfigError
+from mlops_assets.atmos.observations import SourceConfigError
 
 #: What the README and every error message show as the accepted shapes.
 ACCEPTED_SHAPES = "2016-07-04T13:00:00-05:00, 2016-07-04 18:00Z, 2016-07-04 13:00 (naive: read in ATMOS_TIMEZONE)"

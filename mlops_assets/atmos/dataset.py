@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mlops_assets.ml.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec, feature_matrix
+from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec, feature_matrix
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)

@@ -8,11 +8,11 @@ from sklearn.decomposition import PCA
 
 #: Types skops may load besides scikit-learn/numpy builtins (MLflow saves sklearn models with skops).
 SKOPS_TRUSTED_TYPES: list[str] = [
-    "mlops_assets.ml.estimators.LastValueDelta",
-    "mlops_assets.ml.estimators.LastValue",
-    "mlops_assets.ml.estimators.RegimeInteractions",
-    "mlops_assets.ml.estimators.TreeFeatures",
-    "mlops_assets.ml.estimators.ResidualBoost",
+    "mlops_assets.atmos.estimators.LastValueDelta",
+    "mlops_assets.atmos.estimators.LastValue",
+    "mlops_assets.atmos.estimators.RegimeInteractions",
+    "mlops_assets.atmos.estimators.TreeFeatures",
+    "mlops_assets.atmos.estimators.ResidualBoost",
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn._loss.loss.HalfSquaredError",
@@ -55,7 +55,7 @@ class LastValueDelta(RegressorMixin, BaseEstimator):
         return out
 
 
-# --- Building blocks of the model families in `forecasters.py` -------------------------------------
+# --- Building blocks of the model families in `families.py` ----------------------------------------
 #
 # All of them read the column layout of `forecast_features.feature_matrix`: 72 temperatures (oldest
 # first), then 4 calendar columns (sin/cos hour of day, sin/cos day of year) when the spec has

@@ -1,6 +1,6 @@
-"""The forecaster model families and their hyperparameter search space (for Ray Tune).
+"""The forecaster model families (pure scikit-learn; their Ray Tune search spaces are in `search.py`).
 
-`build_forecaster(config, covariates)` turns one point of `SEARCH_SPACE` into an unfitted
+`build_forecaster(config, covariates)` turns one point of `search.SEARCH_SPACE` into an unfitted
 scikit-learn estimator and the `FeatureSpec` of its inputs. The space is flat: `config["family"]`
 names the family and each family reads only its own keys (`FAMILY_KEYS`), the others are ignored,
 so the same space works with random search, Optuna (TPE) and HyperOpt. Missing keys take
@@ -27,15 +27,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from ray import tune
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mlops_assets.ml.estimators import LastValue, RegimeInteractions, ResidualBoost, TreeFeatures
-from mlops_assets.ml.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
+from mlops_assets.atmos.estimators import LastValue, RegimeInteractions, ResidualBoost, TreeFeatures
+from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
 
 #: Hyperparameters a config may leave out.
 DEFAULTS: dict[str, Any] = {
@@ -190,40 +189,6 @@ def family_params(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"family": family, **{key: _get(config, key) for key in FAMILY_KEYS[family]}}
 
 
-#: The default search: 4 families in one flat space; `ridge_*` keys are shared by the ridge
-#: families, `gbm_*` keys by the boosted ones. On a year of hourly windows (6000 train windows)
-#: and one core, the largest fit (100 iterations x 10 components x 31 leaves x 20 samples per
-#: leaf) takes ~6 s, a ridge 0.1 s, the median boosted fit ~1.5 s.
-SEARCH_SPACE: dict[str, Any] = {
-    "family": tune.choice(list(FAMILIES)),
-    "ridge_alpha": tune.loguniform(0.1, 100.0),
-    "ridge_regime": tune.choice(list(REGIMES)),
-    "gbm_learning_rate": tune.loguniform(0.03, 0.2),
-    "gbm_max_iter": tune.choice([30, 50, 100]),
-    "gbm_max_leaf_nodes": tune.choice([7, 15, 31]),
-    "gbm_min_samples_leaf": tune.choice([20, 50, 100, 200, 400]),
-    "gbm_components": tune.choice([3, 6, 10]),
-    "gbm_lags": tune.choice([12, 24]),
-    "gbm_covariate_lags": tune.choice([3, 6, 12]),
-}
-#: Trials of the default search.
-DEFAULT_NUM_SAMPLES = 20
-
-#: A tiny space for tests on a few weeks of data: every family, fits well under a second.
-QUICK_SEARCH_SPACE: dict[str, Any] = {
-    "family": tune.choice(list(FAMILIES)),
-    "ridge_alpha": tune.loguniform(0.1, 10.0),
-    "ridge_regime": tune.choice(list(REGIMES)),
-    "gbm_learning_rate": 0.1,
-    "gbm_max_iter": tune.choice([5, 10]),
-    "gbm_max_leaf_nodes": 7,
-    "gbm_min_samples_leaf": 5,
-    "gbm_components": 3,
-    "gbm_lags": 12,
-    "gbm_covariate_lags": 3,
-}
-QUICK_NUM_SAMPLES = 4
-
 #: How many warm-started stages `fit_with_progress` reports for the boosted families.
 PROGRESS_STAGES = 4
 
@@ -248,7 +213,7 @@ def fit_with_progress(
     hopeless trial after a quarter of its work; the result equals a plain `fit`. Other estimators
     are fitted once and report once. `step` counts reports from 1, comparable across trials.
     """
-    from mlops_assets.ml.metrics import mae
+    from mlops_assets.atmos.metrics import mae
 
     iterative = isinstance(estimator, ResidualBoost) and "warm_start" in estimator.booster.get_params()
     if not iterative:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import requests
 
-from mlops_assets.ingestion.observations import conform, empty_observations
+from mlops_assets.atmos.observations import conform, empty_observations
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlops_assets.ml.windows import WindowSet
+from mlops_assets.atmos.dataset import WindowSet
 
 
 def per_horizon_mae(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:

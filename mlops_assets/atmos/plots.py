@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from mlops_assets.ml.windows import WindowSet
+from mlops_assets.atmos.dataset import WindowSet
 from mlops_assets.plots import new_figure
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mlops_assets.features.cleaning import PHYSICAL_LIMITS
-from mlops_assets.ingestion.observations import VARIABLES
+from mlops_assets.atmos.cleaning import PHYSICAL_LIMITS
+from mlops_assets.atmos.observations import VARIABLES
 
 FEATURE_DTYPES: dict[str, str] = {
     "station": "object|string",

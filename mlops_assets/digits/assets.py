@@ -27,10 +27,10 @@ from mlops_assets.digits.table import TABLE_NAME, read_digit_images, replace_dig
 from mlops_assets.promotion.registry_promotion import champion_asset, promote_tuned_model
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
-from mlops_assets.training.resources import TuningResource
-from mlops_assets.training.search_asset import search_asset
-from mlops_assets.training.tuned_model import TunedModel
-from mlops_assets.training.tuning import run_search
+from mlops_assets.tuning.resources import TuningResource
+from mlops_assets.tuning.runner import run_search
+from mlops_assets.tuning.search_asset import search_asset
+from mlops_assets.tuning.tuned_model import TunedModel
 
 DIGITS_EXPERIMENT = DIGITS_MODEL_NAME
 METRIC = "test_error_rate"

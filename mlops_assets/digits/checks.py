@@ -5,7 +5,7 @@ import math
 import dagster as dg
 
 from mlops_assets.digits.assets import digits_tuned_model
-from mlops_assets.training.tuned_model import TunedModel
+from mlops_assets.tuning.tuned_model import TunedModel
 
 
 @dg.asset_check(

@@ -7,18 +7,18 @@ from mlflow.models import infer_signature
 from sklearn.metrics import mean_absolute_error
 
 from mlops_assets.constants import INSURANCE_GROUP, INSURANCE_MODEL_NAME
-from mlops_assets.insurance.policies import PolicySchemaError, validate_policies
-from mlops_assets.insurance.search import fit_and_score, insurance_trial, median_baseline_mae
-from mlops_assets.insurance.sources import PolicySource
-from mlops_assets.ml.model_io import log_compiled_parity
-from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, TARGET, Split, search_space, split_policies
+from mlops_assets.insurance.dataset import PolicySchemaError, validate_policies
+from mlops_assets.insurance.families import FEATURES, SKOPS_TRUSTED_TYPES, TARGET, Split, split_policies
+from mlops_assets.insurance.search import fit_and_score, insurance_trial, median_baseline_mae, search_space
+from mlops_assets.insurance.source import PolicySource
+from mlops_assets.ml.compiled_parity import log_compiled_parity
 from mlops_assets.promotion.registry_promotion import champion_asset, promote_tuned_model
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
-from mlops_assets.training.resources import TuningResource
-from mlops_assets.training.search_asset import search_asset
-from mlops_assets.training.tuned_model import TunedModel
-from mlops_assets.training.tuning import run_search
+from mlops_assets.tuning.resources import TuningResource
+from mlops_assets.tuning.runner import run_search
+from mlops_assets.tuning.search_asset import search_asset
+from mlops_assets.tuning.tuned_model import TunedModel
 
 MAX_REJECTED_SHOWN = 20
 INSURANCE_EXPERIMENT = "insurance_charges"
@@ -169,13 +169,3 @@ def insurance_test_mae(registry: MlflowRegistry, model_uri: str, test: pd.DataFr
     registry.activate()
     model = mlflow.sklearn.load_model(model_uri)
     return float(mean_absolute_error(test[TARGET], model.predict(test[list(FEATURES)])))
-
-
-@dg.asset_check(asset=insurance_tuned_model, blocking=True, description="beats predicting the median; R^2 positive")
-def insurance_tuned_model_beats_baseline(insurance_tuned_model: TunedModel) -> dg.AssetCheckResult:
-    tuned = insurance_tuned_model
-    test_r2 = float(tuned.details["test_r2"])
-    return dg.AssetCheckResult(
-        passed=tuned.beats_baselines() and test_r2 > 0,
-        metadata={"test_mae": round(tuned.test_score, 1), "median_baseline": round(tuned.baselines["median"], 1), "test_r2": test_r2},
-    )

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlops_assets.ml.insurance import CATEGORIES, FEATURES, RANGES, TARGET
+from mlops_assets.insurance.families import CATEGORIES, FEATURES, RANGES, TARGET
 
 COLUMNS = (*FEATURES, TARGET)
 SYNTHETIC_SOURCE = "synthetic-sample"

@@ -1,10 +1,11 @@
-"""Insurance-charge regression: data contract, model families and a fast single-row encoder.
+"""Insurance-charge regression: data contract and model families (the search space is in `search.py`).
 
 Pure scikit-learn and NumPy (no Dagster, no Ray). A model is a `Pipeline` of two steps:
 `encode` (a `ColumnTransformer`: scaled numbers, one-hot categories), fitted on the training
 split only, and `model` (an estimator on the encoded array). The prediction service replaces
-`encode` by `FastRowEncoder`, the same arithmetic on plain arrays, because the fitted
-`ColumnTransformer` costs ~3.4 ms per single row while the model itself costs far less.
+`encode` by `FastRowEncoder` (`serving/models/_insurance_encoding.py`), the same arithmetic on
+plain arrays, because the fitted `ColumnTransformer` costs ~3.4 ms per single row while the
+model itself costs far less.
 """
 
 from __future__ import annotations
@@ -95,26 +96,6 @@ def build_insurance_model(config: Mapping[str, Any]) -> Pipeline:
     return Pipeline([("encode", build_encoder()), ("model", model)])
 
 
-def _search_space() -> dict[str, Any]:
-    from ray import tune
-
-    return {
-        "family": tune.choice(["gbm", "linear"]),
-        "gbm_loss": tune.choice(["absolute_error", "squared_error"]),
-        "gbm_learning_rate": tune.loguniform(0.02, 0.3),
-        "gbm_max_leaf_nodes": tune.randint(4, 32),
-        "gbm_min_samples_leaf": tune.randint(5, 60),
-        "gbm_l2": tune.loguniform(1e-4, 10.0),
-        "gbm_max_iter": tune.randint(100, 500),
-        "linear_alpha": tune.loguniform(1e-3, 100.0),
-    }
-
-
-def search_space(quick: bool) -> tuple[dict[str, Any], int]:
-    """Ray Tune param space (flat: each family reads its own keys) and the default trial count."""
-    return _search_space(), 4 if quick else 16
-
-
 @dataclass(frozen=True)
 class Split:
     train: pd.DataFrame
@@ -129,35 +110,3 @@ def split_policies(policies: pd.DataFrame, test_fraction: float = 0.2, seed: int
     test = policies.iloc[np.sort(order[:n_test])].reset_index(drop=True)
     train = policies.iloc[np.sort(order[n_test:])].reset_index(drop=True)
     return Split(train, test)
-
-
-class FastRowEncoder:
-    """The fitted `encode` step as arrays: identical output, no DataFrame per request."""
-
-    def __init__(self, encoder: ColumnTransformer) -> None:
-        scaler: StandardScaler = encoder.named_transformers_["numeric"]
-        onehot: OneHotEncoder = encoder.named_transformers_["categorical"]
-        self.mean = np.asarray(scaler.mean_, dtype="float64")
-        self.scale = np.asarray(scaler.scale_, dtype="float64")
-        self.columns: list[dict[str, int]] = []  # per categorical field: word -> output column (or -1)
-        width = len(NUMERIC)
-        drop = onehot.drop_idx_ if onehot.drop_idx_ is not None else [None] * len(CATEGORIES)
-        for categories, dropped in zip(onehot.categories_, drop, strict=True):
-            mapping: dict[str, int] = {}
-            for index, word in enumerate(categories):
-                if dropped is not None and index == dropped:
-                    mapping[str(word)] = -1
-                else:
-                    mapping[str(word)] = width
-                    width += 1
-            self.columns.append(mapping)
-        self.width = width
-
-    def encode(self, age: float, sex: str, bmi: float, children: float, smoker: str, region: str) -> np.ndarray:
-        row = np.zeros((1, self.width), dtype="float64")
-        row[0, : len(NUMERIC)] = (np.array([age, bmi, children], dtype="float64") - self.mean) / self.scale
-        for mapping, word in zip(self.columns, (sex, smoker, region), strict=True):
-            column = mapping[word]
-            if column >= 0:
-                row[0, column] = 1.0
-        return row

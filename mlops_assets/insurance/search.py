@@ -1,4 +1,4 @@
-"""One trial of the insurance search, and the final refit (Ray and scikit-learn, no Dagster)."""
+"""The insurance search: its Ray Tune space, one trial, and the final refit (Ray and scikit-learn, no Dagster)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,25 @@ from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from mlops_assets.ml.insurance import FEATURES, TARGET, build_insurance_model
+from mlops_assets.insurance.families import FEATURES, TARGET, build_insurance_model
+
+
+def _search_space() -> dict[str, Any]:
+    return {
+        "family": tune.choice(["gbm", "linear"]),
+        "gbm_loss": tune.choice(["absolute_error", "squared_error"]),
+        "gbm_learning_rate": tune.loguniform(0.02, 0.3),
+        "gbm_max_leaf_nodes": tune.randint(4, 32),
+        "gbm_min_samples_leaf": tune.randint(5, 60),
+        "gbm_l2": tune.loguniform(1e-4, 10.0),
+        "gbm_max_iter": tune.randint(100, 500),
+        "linear_alpha": tune.loguniform(1e-3, 100.0),
+    }
+
+
+def search_space(quick: bool) -> tuple[dict[str, Any], int]:
+    """Ray Tune param space (flat: each family reads its own keys) and the default trial count."""
+    return _search_space(), 4 if quick else 16
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from mlops_assets.insurance.policies import SYNTHETIC_SOURCE, read_policies_csv, synthetic_policies
+from mlops_assets.insurance.dataset import SYNTHETIC_SOURCE, read_policies_csv, synthetic_policies
 
 
 class PolicySource(dg.ConfigurableResource, abc.ABC):

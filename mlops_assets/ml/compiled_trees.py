@@ -326,7 +326,7 @@ def _compile_predictor(estimator: Any, build: _Build) -> tuple[Transform, str]:
     from sklearn.multioutput import MultiOutputRegressor
     from sklearn.pipeline import Pipeline
 
-    from mlops_assets.ml.estimators import LastValue, LastValueDelta, ResidualBoost
+    from mlops_assets.atmos.estimators import LastValue, LastValueDelta, ResidualBoost
 
     kind = type(estimator)
     if kind is HistGradientBoostingRegressor:
@@ -459,7 +459,7 @@ def _compile_transformer(step: Any) -> tuple[Transform, str]:
     from sklearn.compose import ColumnTransformer
     from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
-    from mlops_assets.ml.estimators import RegimeInteractions, TreeFeatures
+    from mlops_assets.atmos.estimators import RegimeInteractions, TreeFeatures
 
     kind = type(step)
     if kind is StandardScaler:

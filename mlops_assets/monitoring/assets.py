@@ -20,9 +20,9 @@ import sqlalchemy as sa
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+from mlops_assets.atmos.assets import atmos_daily_partitions, raw_atmos_observations
+from mlops_assets.atmos.source import ObservationSource
 from mlops_assets.constants import ATMOS_MODEL_NAME
-from mlops_assets.ingestion.assets import atmos_daily_partitions, raw_atmos_observations
-from mlops_assets.ingestion.sources import ObservationSource
 from mlops_assets.monitoring.accuracy import AccuracyResult, observed_temperatures, score_forecasts
 from mlops_assets.monitoring.resources import MONITORING_GROUP
 from mlops_assets.monitoring.served_log import (

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from mlops_assets.atmos.assets import load_training_windows
+from mlops_assets.atmos.dataset import WindowSet
+from mlops_assets.atmos.source import ObservationSource
 from mlops_assets.constants import ATMOS_MODEL_NAME
-from mlops_assets.ingestion.sources import ObservationSource
-from mlops_assets.ml.windows import WindowSet
 from mlops_assets.monitoring import drift
 from mlops_assets.monitoring.resources import MonitoringSettings
 from mlops_assets.monitoring.served_log import HORIZON_HOURS, ensure_tables, served_forecasts, to_utc
 from mlops_assets.resources.warehouse import WarehouseResource
-from mlops_assets.training.assets import load_training_windows
 
 #: The check belongs to the served model's asset (by key: no import of the promotion step).
 CHAMPION_ASSET = dg.AssetKey("atmos_champion_model")

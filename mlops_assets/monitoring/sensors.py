@@ -16,9 +16,9 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from mlops_assets.atmos.source import CsvFormatError, CsvObservationSource, ObservationSource, read_observations_csv
 from mlops_assets.constants import ATMOS_MODEL_NAME, INSURANCE_MODEL_NAME
-from mlops_assets.ingestion.sources import CsvFormatError, CsvObservationSource, ObservationSource, read_observations_csv
-from mlops_assets.insurance.sources import CsvPolicySource, PolicySource
+from mlops_assets.insurance.source import CsvPolicySource, PolicySource
 from mlops_assets.monitoring.assets import TEST_MAE_TAG, read_accuracy
 from mlops_assets.monitoring.resources import MonitoringSettings
 from mlops_assets.monitoring.served_log import ensure_tables
@@ -32,7 +32,7 @@ CHAMPION_ASSETS: dict[str, dg.AssetKey] = {
 }
 RAW_OBSERVATIONS = dg.AssetKey("raw_atmos_observations")
 INSURANCE_POLICIES = dg.AssetKey("insurance_policies")
-#: The forecaster's training job (mlops_assets.training.schedules), referenced by name.
+#: The forecaster's training job (mlops_assets.atmos.schedules), referenced by name.
 ATMOS_TRAINING_JOB = "atmos_training"
 ALERT_WEBHOOK_ENV = "ALERT_WEBHOOK_URL"
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"

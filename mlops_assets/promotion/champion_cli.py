@@ -70,8 +70,8 @@ def example_request(model_name: str) -> int:
     import mlflow
     import pandas as pd
 
-    from mlops_assets.ml.forecast_features import INPUT_HOURS, FeatureSpec
-    from mlops_assets.ml.model_io import FEATURE_SPEC_KEY
+    from mlops_assets.atmos.forecast_features import INPUT_HOURS, FeatureSpec
+    from mlops_assets.atmos.model_io import FEATURE_SPEC_KEY
     from mlops_assets.resources import configured_station
     from mlops_assets.resources.warehouse import DEFAULT_WAREHOUSE_URL, WarehouseResource
 

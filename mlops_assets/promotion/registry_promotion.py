@@ -11,7 +11,7 @@ import dagster as dg
 from mlops_assets.constants import CHAMPION_ALIAS
 from mlops_assets.promotion.decision import PromotionDecision, decide_promotion
 from mlops_assets.resources.mlflow_registry import MlflowRegistry, TrackingServerUnavailable
-from mlops_assets.training.tuned_model import TunedModel
+from mlops_assets.tuning.tuned_model import TunedModel
 
 
 @dataclass(frozen=True)

@@ -11,20 +11,20 @@ from typing import Any
 
 import dagster as dg
 
-from mlops_assets.digits.source import build_digits_source
-from mlops_assets.ingestion.sources import (
+from mlops_assets.atmos.source import (
     CsvObservationSource,
     KmaAsosClient,
     KmaObservationSource,
     ObservationSource,
     SampleObservationSource,
 )
-from mlops_assets.insurance.sources import CsvPolicySource, PolicySource, SyntheticPolicySource
+from mlops_assets.digits.source import build_digits_source
+from mlops_assets.insurance.source import CsvPolicySource, PolicySource, SyntheticPolicySource
 from mlops_assets.monitoring.resources import MonitoringSettings
 from mlops_assets.resources.mlflow_registry import DEFAULT_TRACKING_URI, MlflowRegistry
 from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER, MlflowTunedModelIOManager
 from mlops_assets.resources.warehouse import DEFAULT_WAREHOUSE_URL, WarehouseResource
-from mlops_assets.training.resources import TuningResource
+from mlops_assets.tuning.resources import TuningResource
 
 
 SOURCES = ("sample", "csv", "kma")

@@ -16,7 +16,7 @@ import dagster as dg
 from mlflow.entities import ViewType
 
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
-from mlops_assets.training.tuned_model import TunedModel
+from mlops_assets.tuning.tuned_model import TunedModel
 
 #: The resource key the `*_tuned_model` assets name as their `io_manager_key`.
 TUNED_MODEL_IO_MANAGER = "tuned_model_io_manager"

@@ -16,7 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
-from mlops_assets.ingestion.observations import COLUMNS, QC_COLUMNS, VARIABLES, conform
+from mlops_assets.atmos.observations import COLUMNS, QC_COLUMNS, VARIABLES, conform
 from mlops_assets.warehouse_url import DEFAULT_WAREHOUSE_URL, normalize_url
 
 

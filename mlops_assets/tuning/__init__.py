@@ -1,0 +1,3 @@
+"""What every model's search shares: the one Ray Tune runner, the search-asset decorator, the
+`TunedModel` handed to promotion, and the `TuningResource` that sizes and places the searches.
+"""

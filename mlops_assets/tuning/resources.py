@@ -7,7 +7,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from mlops_assets.training.tuning import SearchSettings
+from mlops_assets.tuning.runner import SearchSettings
 
 
 class TuningResource(dg.ConfigurableResource):

@@ -1,6 +1,6 @@
 """`atmos_temperature`: the next 24 hourly temperatures from the last 72 (the forecaster contract).
 
-The input row is built by `mlops_assets.ml.forecast_features.feature_row`, the same code training
+The input row is built by `mlops_assets.atmos.forecast_features.feature_row`, the same code training
 uses, from the request and the loaded version's `FeatureSpec`; the estimator is called directly on
 that NumPy row (no pyfunc, no pandas: see bench/README.md for why), or through an exact
 shortcut for plain linear models (`serving.models._sklearn`).
@@ -18,8 +18,8 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from mlops_assets.ml.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec, feature_row
-from mlops_assets.ml.model_io import load_forecaster
+from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec, feature_row
+from mlops_assets.atmos.model_io import load_forecaster
 from serving.errors import InvalidInput
 from serving.models import ModelModule, ModelRef
 from serving.models._sklearn import Predict, predictor

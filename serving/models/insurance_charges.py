@@ -1,9 +1,9 @@
 """`insurance_charges`: a medical-insurance charge from the six policy fields.
 
 The registered model is a scikit-learn `Pipeline` (`encode` -> `model`, see
-`mlops_assets.ml.insurance`). Its fitted `ColumnTransformer` costs ~3.4 ms per single row, so the
-service encodes with `FastRowEncoder` (the same scaling and one-hot arithmetic on arrays) and
-calls the `model` step through `serving.models._sklearn.predictor` (a gradient-boosting step is
+`mlops_assets.insurance.families`). Its fitted `ColumnTransformer` costs ~3.4 ms per single row,
+so the service encodes with `FastRowEncoder` (`_insurance_encoding.py`: the same scaling and
+one-hot arithmetic on arrays) and calls the `model` step through `serving.models._sklearn.predictor` (a gradient-boosting step is
 compiled to packed NumPy trees: ~30 us instead of ~3 ms per row; a ridge step becomes its
 arithmetic); at load time both paths must agree on probe rows, or the version is not swapped in.
 """
@@ -18,9 +18,10 @@ import msgspec
 import numpy as np
 import pandas as pd
 
-from mlops_assets.ml.insurance import CATEGORIES, FEATURES, FastRowEncoder, legacy_code
+from mlops_assets.insurance.families import CATEGORIES, FEATURES, legacy_code
 from serving.errors import InvalidInput
 from serving.models import ModelModule, ModelRef
+from serving.models._insurance_encoding import FastRowEncoder
 from serving.models._sklearn import Predict, predictor
 
 NAME = "insurance_charges"
