@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from serving.server import run
-from serving.settings import ServingSettings
+from serving.server import add_server_arguments, serve_from_arguments
 
 
 def main(argv: list[str] | None = None) -> None:
-    defaults = ServingSettings.from_env()
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
-    parser.add_argument("--host", default=defaults.host, help="listen address (SERVING_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=defaults.port, help="listen port (SERVING_PORT, default 8000)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=len(os.sched_getaffinity(0)),
-        help="worker processes (default: one per available core)",
-    )
-    args = parser.parse_args(argv)
-    run(args.host, args.port, args.workers)
+    add_server_arguments(parser)
+    serve_from_arguments(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

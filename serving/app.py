@@ -103,11 +103,10 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        if settings.mlflow_tracking_uri is not None:
-            # Loading (`mlflow.sklearn.load_model`) reads the process-wide URI, not our client's.
-            import mlflow
+        # Loading (`mlflow.sklearn.load_model`) reads the process-wide URI, not our client's.
+        import mlflow
 
-            mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if prediction_log is not None:

@@ -1,18 +1,27 @@
 """Prediction-service configuration, read from the environment once, in `create_app`.
 
-Nothing here runs at import time: tests build `ServingSettings(...)` directly, servers call
-`ServingSettings.from_env()` in each worker through `create_app()`.
+`ServingSettings` is a pydantic-settings model: each field's alias is its environment variable
+(`SERVING_*`, plus the pipeline's `MLFLOW_TRACKING_URI` and `WAREHOUSE_URL`), so a bad value
+fails at startup with an error that names the variable. Arguments win over the environment;
+unset or empty variables keep the defaults. Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import Annotated
 
-from mlops_assets.constants import ATMOS_MODEL_NAME, DEFAULT_TRACKING_URI, DIGITS_MODEL_NAME, INSURANCE_MODEL_NAME
-from mlops_assets.monitoring.served_log import DEFAULT_WAREHOUSE_URL
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mlops_assets.constants import (
+    ATMOS_MODEL_NAME,
+    CHAMPION_ALIAS,
+    DEFAULT_TRACKING_URI,
+    DIGITS_MODEL_NAME,
+    INSURANCE_MODEL_NAME,
+)
+from mlops_assets.warehouse_url import DEFAULT_WAREHOUSE_URL
 from serving.prediction_log import prediction_log_enabled
 
 #: Every model the pipeline trains; `/ready` needs each loaded, or known to have no champion.
@@ -27,97 +36,85 @@ DEFAULT_DEADLINE_MS = 500.0
 DEFAULT_INLINE_BELOW_US = 250.0
 
 
-@dataclass(frozen=True)
-class ServingSettings:
+def default_workers() -> int:
+    """The `--workers` default of `mlops-assets serve` and `python -m serving`: one per core we may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+class ServingSettings(BaseSettings):
     """Everything the service needs to know, validated on construction."""
 
-    #: MLflow tracking (and registry) URI; None leaves MLflow's own default (`./mlruns`).
-    mlflow_tracking_uri: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    #: Seconds between two registry polls for a moved alias.
-    poll_seconds: float = 10.0
-    #: When set, predictions need `Authorization: Bearer <token>`.
-    api_token: str | None = None
-    #: Registered-model names to serve; each must have a module in `serving.models`.
-    models: tuple[str, ...] = field(default=DEFAULT_MODELS)
-    #: The registry alias that names the version to serve.
-    alias: str = "champion"
-    max_body_bytes: int = MAX_BODY_BYTES
-    #: Micro-batching (`serving.batching`): most rows in one predict call.
-    max_batch: int = DEFAULT_MAX_BATCH
-    #: How long queued requests may wait for a predict thread before a second batch starts.
-    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
-    #: A request that would wait longer than this for its prediction gets 503 at once.
-    deadline_ms: float = DEFAULT_DEADLINE_MS
-    #: Log answered forecasts to the warehouse table `served_forecasts` (SERVING_PREDICTION_LOG=off: no).
-    prediction_log: bool = True
-    #: The pipeline's warehouse (WAREHOUSE_URL), where the prediction log writes.
-    warehouse_url: str = DEFAULT_WAREHOUSE_URL
-    #: An idle model whose predict calls take less CPU than this (smoothed) predicts on the event loop.
-    inline_below_us: float = DEFAULT_INLINE_BELOW_US
+    model_config = SettingsConfigDict(env_ignore_empty=True, frozen=True, validate_by_name=True, validate_by_alias=True)
 
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise ValueError("ServingSettings.models is empty: configure at least one model to serve")
-        if len(set(self.models)) != len(self.models):
-            raise ValueError(f"ServingSettings.models lists a model twice: {self.models}")
-        if not (math.isfinite(self.poll_seconds) and self.poll_seconds > 0):
-            raise ValueError(f"poll_seconds must be a positive number of seconds, got {self.poll_seconds}")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port must be in 1..65535, got {self.port}")
-        if not self.alias:
-            raise ValueError("alias must not be empty")
-        if self.max_body_bytes <= 0:
-            raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch (SERVING_MAX_BATCH) must be >= 1, got {self.max_batch}")
-        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
-            raise ValueError(f"max_wait_ms (SERVING_MAX_WAIT_MS) must be >= 0, got {self.max_wait_ms}")
-        if not (math.isfinite(self.inline_below_us) and self.inline_below_us >= 0):
-            raise ValueError(f"inline_below_us (SERVING_INLINE_BELOW_US) must be >= 0, got {self.inline_below_us}")
-        if not (math.isfinite(self.deadline_ms) and self.deadline_ms > 0):
-            raise ValueError(f"deadline_ms (SERVING_DEADLINE_MS) must be > 0, got {self.deadline_ms}")
+    #: MLflow tracking (and registry) URI: the pipeline's embedded store by default, so
+    #: `mlops-assets serve` finds what it trained.
+    mlflow_tracking_uri: str = Field(default=DEFAULT_TRACKING_URI, validation_alias="MLFLOW_TRACKING_URI", repr=False)
+    host: str = Field(default="127.0.0.1", validation_alias="SERVING_HOST")
+    port: int = Field(default=8000, ge=1, le=65535, validation_alias="SERVING_PORT")
+    #: Seconds between two registry polls for a moved alias.
+    poll_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False, validation_alias="SERVING_POLL_SECONDS")
+    #: When set, predictions need `Authorization: Bearer <token>`; empty (an optional Kubernetes
+    #: secret left blank) means auth off.
+    api_token: str | None = Field(default=None, validation_alias="SERVING_API_TOKEN", repr=False)
+    #: Registered-model names to serve (comma-separated in the variable); each must have a module in `serving.models`.
+    models: Annotated[tuple[str, ...], NoDecode] = Field(default=DEFAULT_MODELS, validation_alias="SERVING_MODELS")
+    #: The registry alias that names the version to serve.
+    alias: str = Field(default=CHAMPION_ALIAS, min_length=1, validation_alias="SERVING_MODEL_ALIAS")
+    max_body_bytes: int = Field(default=MAX_BODY_BYTES, gt=0, validation_alias="SERVING_MAX_BODY_BYTES")
+    #: Micro-batching (`serving.batching`): most rows in one predict call.
+    max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1, validation_alias="SERVING_MAX_BATCH")
+    #: How long queued requests may wait for a predict thread before a second batch starts.
+    max_wait_ms: float = Field(default=DEFAULT_MAX_WAIT_MS, ge=0, allow_inf_nan=False, validation_alias="SERVING_MAX_WAIT_MS")
+    #: A request that would wait longer than this for its prediction gets 503 at once.
+    deadline_ms: float = Field(default=DEFAULT_DEADLINE_MS, gt=0, allow_inf_nan=False, validation_alias="SERVING_DEADLINE_MS")
+    #: Log answered forecasts to the warehouse table `served_forecasts` (SERVING_PREDICTION_LOG=off: no).
+    prediction_log: bool = Field(default=True, validation_alias="SERVING_PREDICTION_LOG")
+    #: The pipeline's warehouse (WAREHOUSE_URL), where the prediction log writes.
+    warehouse_url: str = Field(default=DEFAULT_WAREHOUSE_URL, validation_alias="WAREHOUSE_URL", repr=False)
+    #: An idle model whose predict calls take less CPU than this (smoothed) predicts on the event loop.
+    inline_below_us: float = Field(
+        default=DEFAULT_INLINE_BELOW_US, ge=0, allow_inf_nan=False, validation_alias="SERVING_INLINE_BELOW_US"
+    )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
-        """Settings from `MLFLOW_TRACKING_URI` and the `SERVING_*` variables; bad values raise."""
-        env = os.environ if environ is None else environ
-        models = env.get("SERVING_MODELS")
-        return cls(
-            # The pipeline's embedded store by default, so `mlops-assets serve` finds what it trained.
-            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
-            host=env.get("SERVING_HOST") or cls.host,
-            port=_int(env, "SERVING_PORT", cls.port),
-            poll_seconds=_float(env, "SERVING_POLL_SECONDS", cls.poll_seconds),
-            # An empty token (an optional Kubernetes secret left blank) means auth off, not "".
-            api_token=env.get("SERVING_API_TOKEN") or None,
-            models=DEFAULT_MODELS if not models else tuple(m.strip() for m in models.split(",") if m.strip()),
-            alias=env.get("SERVING_MODEL_ALIAS") or cls.alias,
-            max_batch=_int(env, "SERVING_MAX_BATCH", cls.max_batch),
-            max_wait_ms=_float(env, "SERVING_MAX_WAIT_MS", cls.max_wait_ms),
-            deadline_ms=_float(env, "SERVING_DEADLINE_MS", cls.deadline_ms),
-            prediction_log=prediction_log_enabled(env.get("SERVING_PREDICTION_LOG")),
-            warehouse_url=env.get("WAREHOUSE_URL") or DEFAULT_WAREHOUSE_URL,
-            inline_below_us=_float(env, "SERVING_INLINE_BELOW_US", cls.inline_below_us),
-        )
+    def from_env(cls) -> ServingSettings:
+        """Settings from the environment alone (what `create_app()` and the CLIs call); bad values raise."""
+        return cls()
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment: no .env or secrets directory read behind the operator's back."""
+        return (init_settings, env_settings)
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    @field_validator("api_token")
+    @classmethod
+    def _empty_token_means_no_auth(cls, value: str | None) -> str | None:
+        return value or None
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    @field_validator("models")
+    @classmethod
+    def _models_listed_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("SERVING_MODELS is empty: configure at least one model to serve")
+        if len(set(value)) != len(value):
+            raise ValueError(f"SERVING_MODELS lists a model twice: {value}")
+        return value
+
+    @field_validator("prediction_log", mode="before")
+    @classmethod
+    def _on_or_off(cls, value: object) -> object:
+        return prediction_log_enabled(value) if isinstance(value, str) else value

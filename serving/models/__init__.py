@@ -19,6 +19,8 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from mlops_assets.constants import ATMOS_MODEL_NAME, DIGITS_MODEL_NAME, INSURANCE_MODEL_NAME
+
 ArtifactT = TypeVar("ArtifactT")
 BodyT = TypeVar("BodyT")
 InputT = TypeVar("InputT")
@@ -26,9 +28,9 @@ OutputT = TypeVar("OutputT")
 
 #: Served model name -> module defining `MODEL`; imported only when the model is configured.
 MODULES: dict[str, str] = {
-    "atmos_temperature": "serving.models.atmos_temperature",
-    "insurance_charges": "serving.models.insurance_charges",
-    "digit_classifier": "serving.models.digit_classifier",
+    ATMOS_MODEL_NAME: "serving.models.atmos_temperature",
+    INSURANCE_MODEL_NAME: "serving.models.insurance_charges",
+    DIGITS_MODEL_NAME: "serving.models.digit_classifier",
 }
 
 
