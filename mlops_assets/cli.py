@@ -18,6 +18,7 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from mlops_assets.constants import ATMOS_MODEL_NAME, DIGITS_MODEL_NAME, INSURANCE_MODEL_NAME
+from mlops_assets.settings import load_pipeline_settings
 
 CLI_JOB_NAME = "mlops_assets_cli"
 
@@ -43,21 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     champion = commands.add_parser("champion", help="show the champion, or roll the alias back")
-    champion.add_argument("--model", default="atmos_temperature", help="registered model name")
+    champion.add_argument("--model", default=ATMOS_MODEL_NAME, help="registered model name")
     champion.add_argument("--rollback", metavar="VERSION", help="move the champion alias to this version")
     champion.add_argument("--reason", default="manual rollback", help="why (recorded on the version)")
 
     example = commands.add_parser("example-request", help="print a forecast request built from the stored data")
-    example.add_argument("--model", default="atmos_temperature", help="registered model name")
+    example.add_argument("--model", default=ATMOS_MODEL_NAME, help="registered model name")
 
     dev = commands.add_parser("dev", help="start the Dagster UI and daemon (`dagster dev`) on the CLI's instance")
     dev.add_argument("--host", default="127.0.0.1", help="address the webserver listens on")
     dev.add_argument("--port", type=int, default=3000, help="webserver port")
 
-    serve = commands.add_parser("serve", help="start the prediction service")
-    serve.add_argument("--host", default=os.environ.get("SERVING_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("SERVING_PORT", "8000")))
-    serve.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="worker processes (default: one per available core)")
+    from serving.server import add_server_arguments
+
+    add_server_arguments(commands.add_parser("serve", help="start the prediction service (as `python -m serving`)"))
     return parser
 
 
@@ -69,18 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mlops_assets.promotion.champion_cli import rollback, show_champion
 
         if args.rollback:
-            return rollback(args.model, args.rollback, args.reason)
-        return show_champion(args.model)
+            return rollback(args.model, args.rollback, args.reason, load_pipeline_settings())
+        return show_champion(args.model, load_pipeline_settings())
     if args.command == "example-request":
         from mlops_assets.promotion.champion_cli import example_request
 
-        return example_request(args.model)
+        return example_request(args.model, load_pipeline_settings())
     if args.command == "dev":
         return dev(args.host, args.port)
     if args.command == "serve":
-        from serving.server import run
+        from serving.server import serve_from_arguments
 
-        run(host=args.host, port=args.port, workers=args.workers)
+        serve_from_arguments(args)
         return 0
     raise AssertionError(f"unhandled command {args.command}")
 
@@ -254,7 +254,7 @@ Serve the champions (reloads by itself when the alias moves):
 Ask for tomorrow's temperatures (the body holds the last 72 hours of the stored data, and what the
 champion's features need):
     {prefix} example-request > request.json
-    curl -s -X PUT http://127.0.0.1:8000/predict/atmos_temperature -H 'Content-Type: application/json' -d @request.json
+    curl -s -X PUT http://127.0.0.1:8000/predict/{ATMOS_MODEL_NAME} -H 'Content-Type: application/json' -d @request.json
 See this run, its materializations, plots and checks in the Dagster UI (same instance):
     {prefix} dev --port 3000"""
 

@@ -29,13 +29,14 @@ from mlops_assets.monitoring.sensors import (
     champion_degradation_sensor,
     input_files_sensor,
 )
-from mlops_assets.resources import atmos_source_kind, build_resources
+from mlops_assets.resources import build_resources
+from mlops_assets.settings import load_pipeline_settings
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    """Loaded lazily by Dagster's tools, so environment variables are read at load, not import."""
-    source_kind = atmos_source_kind()
+    """Loaded lazily by Dagster's tools: the settings are read once, at load (not import), and passed down."""
+    settings = load_pipeline_settings()
     return dg.Definitions(
         assets=[
             raw_atmos_observations,
@@ -61,6 +62,6 @@ def defs() -> dg.Definitions:
         ],
         jobs=[atmos_ingestion_job, atmos_training_job],
         sensors=[automation_sensor, champion_alias_sensor, input_files_sensor, champion_degradation_sensor, alert_on_run_failure],
-        schedules=[build_ingestion_schedule(running=source_kind == "kma"), atmos_weekly_retraining_schedule],
-        resources=build_resources(),
+        schedules=[build_ingestion_schedule(running=settings.atmos_source == "kma"), atmos_weekly_retraining_schedule],
+        resources=build_resources(settings),
     )

@@ -294,13 +294,14 @@ def test_the_size_is_read_from_the_header_before_decoding() -> None:
 
 def test_the_source_follows_digits_data_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from mlops_assets.digits.source import build_digits_source
+    from mlops_assets.settings import load_pipeline_settings
 
     monkeypatch.delenv("DIGITS_DATA_PATH", raising=False)
-    assert isinstance(build_digits_source(), BundledDigitsSource)
+    assert isinstance(build_digits_source(load_pipeline_settings()), BundledDigitsSource)
     images, labels = _good()
     np.savez(tmp_path / "mine.npz", images=images, labels=labels)
     monkeypatch.setenv("DIGITS_DATA_PATH", str(tmp_path / "mine.npz"))
-    source = build_digits_source()
+    source = build_digits_source(load_pipeline_settings())
     assert isinstance(source, NpzDigitsSource)
     with dg.build_resources({"digits_source": source}) as resources:  # dg.EnvVar resolves when a run starts
         assert len(resources.digits_source.load()) == 30

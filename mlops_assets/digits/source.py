@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import abc
-import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from mlops_assets.digits.dataset import LabelledDigits, read_npz, validate_digits
+from mlops_assets.settings import PipelineSettings
 
 BUNDLED_SOURCE = "sklearn-load-digits"
-DATA_PATH_ENV = "DIGITS_DATA_PATH"
 
 
 class DigitsSource(dg.ConfigurableResource, abc.ABC):
@@ -54,8 +53,8 @@ class NpzDigitsSource(DigitsSource):
         return read_npz(Path(self.path))
 
 
-def build_digits_source() -> DigitsSource:
-    """The user's file when DIGITS_DATA_PATH is set, else the bundled set (read when definitions load)."""
-    if os.environ.get(DATA_PATH_ENV):
-        return NpzDigitsSource(path=dg.EnvVar(DATA_PATH_ENV))
+def build_digits_source(settings: PipelineSettings) -> DigitsSource:
+    """The user's file when DIGITS_DATA_PATH is set (an EnvVar when from the environment), else the bundled set."""
+    if settings.digits_data_path:
+        return NpzDigitsSource(path=settings.resource_value("digits_data_path"))
     return BundledDigitsSource()

@@ -1,7 +1,7 @@
 """Sensors that close the loop: a moved alias, a changed input file, a degraded champion, a failed run.
 
 Configuration comes from resources (resolved at each tick) and, for the alert webhook, from
-`ALERT_WEBHOOK_URL` read when the sensor evaluates; nothing is read at import.
+the pipeline settings (`ALERT_WEBHOOK_URL`) read when the sensor evaluates; nothing is read at import.
 """
 
 
@@ -24,6 +24,7 @@ from mlops_assets.monitoring.resources import MonitoringSettings
 from mlops_assets.monitoring.served_log import ensure_tables
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
+from mlops_assets.settings import PipelineSettings, load_pipeline_settings
 
 #: Registered model -> the asset whose materializations move its alias.
 CHAMPION_ASSETS: dict[str, dg.AssetKey] = {
@@ -34,7 +35,7 @@ RAW_OBSERVATIONS = dg.AssetKey("raw_atmos_observations")
 INSURANCE_POLICIES = dg.AssetKey("insurance_policies")
 #: The forecaster's training job (mlops_assets.atmos.schedules), referenced by name.
 ATMOS_TRAINING_JOB = "atmos_training"
-ALERT_WEBHOOK_ENV = "ALERT_WEBHOOK_URL"
+ALERT_WEBHOOK_ENV = PipelineSettings.env_name("alert_webhook_url")
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 
@@ -227,7 +228,9 @@ def degradation_episode(days: pd.DataFrame, test_mae: float, margin: float, min_
     description="Posts a JSON alert to ALERT_WEBHOOK_URL (read at each evaluation) when a run fails.",
 )
 def alert_on_run_failure(context: dg.RunFailureSensorContext) -> dg.SkipReason | None:
-    url = os.environ.get(ALERT_WEBHOOK_ENV, "").strip()
+    """Reads the pipeline settings at each evaluation: a rotated webhook URL needs no reload."""
+    webhook = load_pipeline_settings().alert_webhook_url
+    url = webhook.get_secret_value().strip() if webhook is not None else ""
     if not url:
         return dg.SkipReason(f"{ALERT_WEBHOOK_ENV} is not set")
     run = context.dagster_run

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sys
 
 from mlops_assets.constants import CHAMPION_ALIAS
-from mlops_assets.resources.mlflow_registry import DEFAULT_TRACKING_URI, MlflowRegistry, TrackingServerUnavailable
+from mlops_assets.resources.mlflow_registry import MlflowRegistry, TrackingServerUnavailable
+from mlops_assets.settings import PipelineSettings
 
 SHOWN_TAGS = ("test_mae", "val_mae", "family", "baseline_persistence", "baseline_seasonal_naive", "decision", "decision_reason")
 
 
-def _registry() -> MlflowRegistry:
-    return MlflowRegistry(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-
-
-def show_champion(model_name: str) -> int:
-    registry = _registry()
+def show_champion(model_name: str, settings: PipelineSettings) -> int:
+    registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri)
     try:
         registry.ensure_reachable()
     except TrackingServerUnavailable as error:
@@ -37,9 +33,9 @@ def show_champion(model_name: str) -> int:
     return 0
 
 
-def rollback(model_name: str, version: str, reason: str) -> int:
+def rollback(model_name: str, version: str, reason: str, settings: PipelineSettings) -> int:
     """Move the alias to `version`, recording why and from which version on both versions."""
-    registry = _registry()
+    registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri)
     try:
         registry.ensure_reachable()
         target = registry.version(model_name, version)
@@ -63,7 +59,7 @@ def rollback(model_name: str, version: str, reason: str) -> int:
     return 0
 
 
-def example_request(model_name: str) -> int:
+def example_request(model_name: str, settings: PipelineSettings) -> int:
     """Print a forecast request for the champion from the newest 72 stored hours (JSON on stdout)."""
     import json
 
@@ -72,10 +68,9 @@ def example_request(model_name: str) -> int:
 
     from mlops_assets.atmos.forecast_features import INPUT_HOURS, FeatureSpec
     from mlops_assets.atmos.model_io import FEATURE_SPEC_KEY
-    from mlops_assets.resources import configured_station
-    from mlops_assets.resources.warehouse import DEFAULT_WAREHOUSE_URL, WarehouseResource
+    from mlops_assets.resources.warehouse import WarehouseResource
 
-    registry = _registry()
+    registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri)
     champion = registry.champion(model_name)
     if champion is None:
         print(f"error: {model_name} has no '{CHAMPION_ALIAS}' version in {registry.tracking_uri}", file=sys.stderr)
@@ -83,8 +78,8 @@ def example_request(model_name: str) -> int:
     registry.activate()
     info = mlflow.models.get_model_info(f"models:/{model_name}/{champion.version}")
     spec = FeatureSpec.from_dict((info.metadata or {})[FEATURE_SPEC_KEY])
-    station = configured_station()
-    warehouse = WarehouseResource(url=os.environ.get("WAREHOUSE_URL") or DEFAULT_WAREHOUSE_URL)
+    station = settings.station
+    warehouse = WarehouseResource(url=settings.warehouse_url)
     features = warehouse.read_features(station)
     complete = features.dropna(subset=["tmp", *spec.covariates]).reset_index(drop=True)
     # The newest 72 consecutive complete hours: rows i-71..i span exactly 71 hours.
