@@ -19,9 +19,9 @@ from pydantic import Field
 
 from mlops_assets.constants import DIGITS_GROUP, DIGITS_MODEL_NAME
 from mlops_assets.digits.dataset import CLASSES, DigitsDataError, DigitsSplit, LabelledDigits, split_digits, validation_split
-from mlops_assets.digits.families import KNOWN_GOOD, SKOPS_TRUSTED_TYPES, baselines, error_rate, fixed_space, search_space
+from mlops_assets.digits.families import KNOWN_GOOD, SKOPS_TRUSTED_TYPES, baselines, error_rate
 from mlops_assets.digits.png import montage_png
-from mlops_assets.digits.search import digits_trial, fit_and_score
+from mlops_assets.digits.search import digits_trial, fit_and_score, fixed_space, search_space
 from mlops_assets.digits.source import BUNDLED_SOURCE, DigitsSource
 from mlops_assets.digits.table import TABLE_NAME, read_digit_images, replace_digit_images
 from mlops_assets.promotion.registry_promotion import champion_asset, promote_tuned_model

@@ -1,4 +1,4 @@
-"""The digit classifier: a search space over three families, one estimator, its neighbour index (pure).
+"""The digit classifier: three families, one estimator, its neighbour index (pure; the search spaces are in `search.py`).
 
 `DigitClassifier` is one scikit-learn estimator whatever the family, so it is logged with MLflow's
 sklearn flavour (skops, no pickle) and loaded back by `mlflow.sklearn.load_model`. It holds:
@@ -150,31 +150,6 @@ def build_classifier(config: dict[str, Any]) -> DigitClassifier:
     if config.get("family") not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {config.get('family')!r}")
     return DigitClassifier(**config)
-
-
-def search_space(quick: bool) -> tuple[dict[str, Any], int]:
-    """Ray Tune param space (flat: each family reads its own keys) and the default trial count."""
-    from ray import tune
-
-    space = {
-        "family": tune.choice(list(SEARCHED_FAMILIES)),
-        "svc_c": tune.loguniform(0.5, 100.0),
-        "svc_gamma": tune.loguniform(0.02, 1.0),
-        "mlp_hidden": tune.choice([64, 128, 256]),
-        "mlp_alpha": tune.loguniform(1e-5, 1e-1),
-        "nca_components": tune.randint(8, 33),
-        "knn_k": tune.randint(1, 8),
-    }
-    return space, 4 if quick else 12
-
-
-def fixed_space(config: dict[str, Any]) -> dict[str, Any]:
-    """A param space with exactly one point: `config` over the defaults (a forced retrain)."""
-    from ray import tune
-
-    build_classifier(config)  # validate before Ray starts
-    full = {**KNOWN_GOOD, **config}
-    return {key: tune.choice([value]) for key, value in full.items()}
 
 
 def error_rate(predicted: np.ndarray, labels: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""One trial of the digits search, and the final refit (Ray and scikit-learn, no Dagster)."""
+"""The digits search: its Ray Tune spaces, one trial, and the final refit (Ray and scikit-learn, no Dagster)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,28 @@ from ray import tune
 from threadpoolctl import threadpool_limits
 
 from mlops_assets.digits.dataset import LabelledDigits
-from mlops_assets.digits.families import DigitClassifier, build_classifier, error_rate
+from mlops_assets.digits.families import KNOWN_GOOD, SEARCHED_FAMILIES, DigitClassifier, build_classifier, error_rate
+
+
+def search_space(quick: bool) -> tuple[dict[str, Any], int]:
+    """Ray Tune param space (flat: each family reads its own keys) and the default trial count."""
+    space = {
+        "family": tune.choice(list(SEARCHED_FAMILIES)),
+        "svc_c": tune.loguniform(0.5, 100.0),
+        "svc_gamma": tune.loguniform(0.02, 1.0),
+        "mlp_hidden": tune.choice([64, 128, 256]),
+        "mlp_alpha": tune.loguniform(1e-5, 1e-1),
+        "nca_components": tune.randint(8, 33),
+        "knn_k": tune.randint(1, 8),
+    }
+    return space, 4 if quick else 12
+
+
+def fixed_space(config: dict[str, Any]) -> dict[str, Any]:
+    """A param space with exactly one point: `config` over the defaults (a forced retrain)."""
+    build_classifier(config)  # validate before Ray starts
+    full = {**KNOWN_GOOD, **config}
+    return {key: tune.choice([value]) for key, value in full.items()}
 
 
 @dataclass(frozen=True)
