@@ -42,7 +42,7 @@ RANGES = {"1 year": ("2013-01-01", "2013-12-31"), "2 years": ("2013-01-01", "201
 
 def write_station_csv(path: Path) -> int:
     """JFK 2013 from the bundled sample plus the same values one year later (2014); rows written."""
-    from mlops_assets.ingestion.sources import load_sample_observations
+    from mlops_assets.atmos.source import load_sample_observations
 
     year = load_sample_observations("JFK").drop(columns=["station"])
     year = year[[c for c in year.columns if not c.endswith("_qc")]]

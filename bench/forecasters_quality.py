@@ -28,11 +28,12 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 from ray.tune.search.sample import Domain  # noqa: E402
 
-from mlops_assets.features.cleaning import clean_observations  # noqa: E402
-from mlops_assets.ingestion.sources import load_sample_observations  # noqa: E402
-from mlops_assets.ml.forecasters import DEFAULT_NUM_SAMPLES, FAMILIES, SEARCH_SPACE, build_forecaster, family_params  # noqa: E402
-from mlops_assets.ml.metrics import baseline_maes, mae, per_horizon_mae, persistence_forecast  # noqa: E402
-from mlops_assets.ml.windows import TrainingWindows, build_training_windows, concat_windows  # noqa: E402
+from mlops_assets.atmos.cleaning import clean_observations  # noqa: E402
+from mlops_assets.atmos.dataset import TrainingWindows, build_training_windows, concat_windows  # noqa: E402
+from mlops_assets.atmos.families import FAMILIES, build_forecaster, family_params  # noqa: E402
+from mlops_assets.atmos.metrics import baseline_maes, mae, per_horizon_mae, persistence_forecast  # noqa: E402
+from mlops_assets.atmos.search import DEFAULT_NUM_SAMPLES, SEARCH_SPACE  # noqa: E402
+from mlops_assets.atmos.source import load_sample_observations  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "forecasters_quality.md"
 STATION = "JFK"

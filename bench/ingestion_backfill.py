@@ -17,9 +17,8 @@ import dagster as dg
 import sqlalchemy as sa
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from mlops_assets.features.assets import atmos_features
-from mlops_assets.ingestion.assets import raw_atmos_observations
-from mlops_assets.ingestion.sources import SampleObservationSource
+from mlops_assets.atmos.assets import atmos_features, raw_atmos_observations
+from mlops_assets.atmos.source import SampleObservationSource
 from mlops_assets.resources.warehouse import WarehouseResource
 
 RESULTS = Path(__file__).parent / "results" / "ingestion_backfill.md"

@@ -25,13 +25,13 @@ import ray  # noqa: E402
 from ray.tune.search.sample import Domain  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from mlops_assets.features.cleaning import clean_observations  # noqa: E402
-from mlops_assets.ingestion.sources import load_sample_observations  # noqa: E402
-from mlops_assets.ml.forecasters import SEARCH_SPACE, build_forecaster  # noqa: E402
-from mlops_assets.ml.metrics import mae  # noqa: E402
-from mlops_assets.ml.windows import build_training_windows  # noqa: E402
-from mlops_assets.training.forecaster_search import TRIAL_ITERATIONS, forecaster_trial  # noqa: E402
-from mlops_assets.training.tuning import TRIAL_ENV, SearchSettings, run_search  # noqa: E402
+from mlops_assets.atmos.cleaning import clean_observations  # noqa: E402
+from mlops_assets.atmos.dataset import build_training_windows  # noqa: E402
+from mlops_assets.atmos.families import build_forecaster  # noqa: E402
+from mlops_assets.atmos.metrics import mae  # noqa: E402
+from mlops_assets.atmos.search import SEARCH_SPACE, TRIAL_ITERATIONS, forecaster_trial  # noqa: E402
+from mlops_assets.atmos.source import load_sample_observations  # noqa: E402
+from mlops_assets.tuning.runner import TRIAL_ENV, SearchSettings, run_search  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "tuning_overhead.md"
 

@@ -86,7 +86,7 @@ def local_ray() -> Iterator[None]:
     """One local Ray for the session: searches reuse it instead of paying 3-6 s of start-up each."""
     import ray
 
-    from mlops_assets.training.tuning import TRIAL_ENV
+    from mlops_assets.tuning.runner import TRIAL_ENV
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": TRIAL_ENV}, log_to_driver=False)
     yield

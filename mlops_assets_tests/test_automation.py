@@ -8,12 +8,10 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from mlops_assets.atmos.assets import atmos_features, atmos_training_windows, raw_atmos_observations
+from mlops_assets.atmos.source import SampleObservationSource
 from mlops_assets.definitions import defs
-from mlops_assets.features.assets import atmos_features
-from mlops_assets.ingestion.assets import raw_atmos_observations
-from mlops_assets.ingestion.sources import SampleObservationSource
 from mlops_assets.resources.warehouse import WarehouseResource
-from mlops_assets.training.assets import atmos_training_windows
 
 
 def test_the_automation_sensor_runs_by_default() -> None:

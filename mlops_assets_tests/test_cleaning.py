@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_assets.features.cleaning import MAX_FILLED_GAP_HOURS, clean_observations, missing_runs
-from mlops_assets.ingestion.observations import conform
+from mlops_assets.atmos.cleaning import MAX_FILLED_GAP_HOURS, clean_observations, missing_runs
+from mlops_assets.atmos.observations import conform
 
 
 def _hours(n: int, start: str = "2024-01-01T00:00Z") -> pd.DatetimeIndex:

@@ -13,15 +13,16 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.linear_model import Lasso, Ridge
 from sklearn.multioutput import MultiOutputRegressor
 
-from mlops_assets.features.cleaning import clean_observations
-from mlops_assets.ingestion.sources import load_sample_observations
-from mlops_assets.insurance.policies import validate_policies
+from mlops_assets.atmos.cleaning import clean_observations
+from mlops_assets.atmos.dataset import TrainingWindows, build_training_windows
+from mlops_assets.atmos.estimators import SKOPS_TRUSTED_TYPES, LastValueDelta
+from mlops_assets.atmos.families import FAMILIES, build_forecaster
+from mlops_assets.atmos.source import load_sample_observations
+from mlops_assets.insurance.dataset import validate_policies
+from mlops_assets.insurance.families import FEATURES, build_insurance_model, split_policies
 from mlops_assets.ml import compiled_trees
 from mlops_assets.ml.compiled_trees import NotCompilable, compile_model, compile_or_raise, parity_report
-from mlops_assets.ml.estimators import SKOPS_TRUSTED_TYPES, LastValueDelta
-from mlops_assets.ml.forecasters import FAMILIES, build_forecaster
-from mlops_assets.ml.insurance import FEATURES, FastRowEncoder, build_insurance_model, split_policies
-from mlops_assets.ml.windows import TrainingWindows, build_training_windows
+from serving.models._insurance_encoding import FastRowEncoder
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlops_assets.ingestion.assets import PERMANENT_ERRORS
-from mlops_assets.ingestion.csv_times import parse_times
-from mlops_assets.ingestion.sources import (
+from mlops_assets.atmos.assets import PERMANENT_ERRORS
+from mlops_assets.atmos.csv_times import parse_times
+from mlops_assets.atmos.source import (
     CsvColumnsError,
     CsvFormatError,
     CsvObservationSource,
@@ -298,7 +298,7 @@ def test_the_csv_source_takes_its_mapping_from_the_environment(monkeypatch: pyte
 
 
 def test_a_bad_mapping_fails_the_step_once_without_retries(tmp_path: Path) -> None:
-    from mlops_assets.ingestion.assets import raw_atmos_observations
+    from mlops_assets.atmos.assets import raw_atmos_observations
     from mlops_assets.resources.warehouse import WarehouseResource
 
     path = tmp_path / "station.csv"

@@ -22,8 +22,8 @@ from mlops_assets.digits.source import BundledDigitsSource
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER, MlflowTunedModelIOManager
 from mlops_assets.resources.warehouse import WarehouseResource
-from mlops_assets.training.resources import TuningResource
-from mlops_assets.training.tuned_model import TunedModel
+from mlops_assets.tuning.resources import TuningResource
+from mlops_assets.tuning.tuned_model import TunedModel
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_assets.features.checks import evaluate_feature_checks
-from mlops_assets.features.cleaning import clean_observations
-from mlops_assets.ingestion.observations import conform
+from mlops_assets.atmos.checks import evaluate_feature_checks
+from mlops_assets.atmos.cleaning import clean_observations
+from mlops_assets.atmos.observations import conform
 
 NOW = pd.Timestamp("2024-03-01T00:00Z")
 

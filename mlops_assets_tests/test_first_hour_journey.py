@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import requests
 
-from mlops_assets.ingestion.sources import load_sample_observations
+from mlops_assets.atmos.source import load_sample_observations
 
 CLI = Path(sys.executable).parent / "mlops-assets"
 ZONE = "America/New_York"

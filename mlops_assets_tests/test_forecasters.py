@@ -13,22 +13,19 @@ from ray.tune.search.sample import Domain
 from sklearn.base import clone
 from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor
 
-from mlops_assets.ml.estimators import SKOPS_TRUSTED_TYPES, LastValueDelta, RegimeInteractions, ResidualBoost, TreeFeatures
-from mlops_assets.ml.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
-from mlops_assets.ml.forecasters import (
-    DEFAULT_NUM_SAMPLES,
+from mlops_assets.atmos.dataset import TrainingWindows, WindowSet, build_training_windows
+from mlops_assets.atmos.estimators import SKOPS_TRUSTED_TYPES, LastValueDelta, RegimeInteractions, ResidualBoost, TreeFeatures
+from mlops_assets.atmos.families import (
     DEFAULTS,
     FAMILIES,
     FAMILY_KEYS,
     PROGRESS_STAGES,
-    QUICK_NUM_SAMPLES,
-    QUICK_SEARCH_SPACE,
-    SEARCH_SPACE,
     build_forecaster,
     family_params,
     fit_with_progress,
 )
-from mlops_assets.ml.windows import TrainingWindows, WindowSet, build_training_windows
+from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
+from mlops_assets.atmos.search import DEFAULT_NUM_SAMPLES, QUICK_NUM_SAMPLES, QUICK_SEARCH_SPACE, SEARCH_SPACE
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -645,8 +645,8 @@ def _champion_store(root: Path) -> str:
     import mlflow.models
     from sklearn.linear_model import Ridge
 
-    from mlops_assets.ml.forecast_features import FeatureSpec, feature_matrix
-    from mlops_assets.ml.model_io import log_forecaster
+    from mlops_assets.atmos.forecast_features import FeatureSpec, feature_matrix
+    from mlops_assets.atmos.model_io import log_forecaster
     from mlops_assets_tests.serving.support import synthetic_windows
 
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -10,11 +10,10 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from mlops_assets.features.assets import atmos_features
-from mlops_assets.features.checks import atmos_features_checks
-from mlops_assets.ingestion.assets import raw_atmos_observations
-from mlops_assets.ingestion.schedules import atmos_ingestion_job, build_ingestion_schedule, days_to_ingest
-from mlops_assets.ingestion.sources import CsvObservationSource, KmaObservationSource, SampleObservationSource
+from mlops_assets.atmos.assets import atmos_features, raw_atmos_observations
+from mlops_assets.atmos.checks import atmos_features_checks
+from mlops_assets.atmos.schedules import atmos_ingestion_job, build_ingestion_schedule, days_to_ingest
+from mlops_assets.atmos.source import CsvObservationSource, KmaObservationSource, SampleObservationSource
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets_tests.fakes.kma_server import FakeKmaServer, Scenario, running_kma_server
 

@@ -12,19 +12,16 @@ import pandas as pd
 import pytest
 
 from mlops_assets.constants import INSURANCE_MODEL_NAME
-from mlops_assets.insurance.assets import (
-    insurance_champion_model,
-    insurance_policies,
-    insurance_tuned_model,
-    insurance_tuned_model_beats_baseline,
-)
-from mlops_assets.insurance.policies import synthetic_policies, validate_policies
-from mlops_assets.insurance.sources import CsvPolicySource, SyntheticPolicySource
-from mlops_assets.ml.insurance import FEATURES, FastRowEncoder, build_insurance_model, legacy_code, split_policies
+from mlops_assets.insurance.assets import insurance_champion_model, insurance_policies, insurance_tuned_model
+from mlops_assets.insurance.checks import insurance_tuned_model_beats_baseline
+from mlops_assets.insurance.dataset import synthetic_policies, validate_policies
+from mlops_assets.insurance.families import FEATURES, build_insurance_model, legacy_code, split_policies
+from mlops_assets.insurance.source import CsvPolicySource, SyntheticPolicySource
 from mlops_assets.resources import mlflow_resources
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
-from mlops_assets.training.resources import TuningResource
+from mlops_assets.tuning.resources import TuningResource
+from serving.models._insurance_encoding import FastRowEncoder
 
 #: The public medical-cost dataset, beside the project (not part of it).
 PUBLIC_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "insurance.csv"

@@ -14,7 +14,7 @@ from urllib.parse import quote, quote_plus
 import pandas as pd
 import pytest
 
-from mlops_assets.ingestion.kma import (
+from mlops_assets.atmos.kma import (
     KmaApiError,
     KmaAsosClient,
     KmaAuthError,
@@ -23,7 +23,7 @@ from mlops_assets.ingestion.kma import (
     KmaRetriesExhaustedError,
     month_chunks,
 )
-from mlops_assets.ingestion.observations import COLUMNS
+from mlops_assets.atmos.observations import COLUMNS
 from mlops_assets_tests.fakes.kma_server import FakeKmaServer, Scenario, hourly_items, running_kma_server
 
 pytestmark = pytest.mark.timeout(30)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from mlops_assets.ingestion.sources import SampleObservationSource, load_sample_observations
+from mlops_assets.atmos.source import SampleObservationSource, load_sample_observations
 from mlops_assets.monitoring import drift
 from mlops_assets.monitoring.accuracy import observed_temperatures, score_forecasts
 from mlops_assets.monitoring.assets import atmos_forecast_accuracy, read_accuracy
@@ -238,7 +238,7 @@ def test_accuracy_asset_scores_replaces_and_logs_to_mlflow(warehouse: WarehouseR
 
 
 def test_served_drift_check_warns_on_shifted_inputs(tmp_path: Path) -> None:
-    from mlops_assets.ml.windows import build_training_windows
+    from mlops_assets.atmos.dataset import build_training_windows
 
     sample = load_sample_observations(STATION)
     series = sample[["time", "tmp", "td", "rh", "ws", "precip"]].copy()
@@ -289,7 +289,7 @@ def test_the_project_definitions_carry_the_monitoring() -> None:
 
 def test_drift_check_runs_with_its_resources_on_stored_features(tmp_path: Path) -> None:
     """The decorated check itself: training windows rebuilt from the warehouse, served rows read back."""
-    from mlops_assets.features.cleaning import clean_observations
+    from mlops_assets.atmos.cleaning import clean_observations
     from mlops_assets.monitoring.checks import atmos_served_inputs_drift
 
     warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}")

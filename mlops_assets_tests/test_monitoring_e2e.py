@@ -30,11 +30,11 @@ import pytest
 import sqlalchemy as sa
 from sklearn.linear_model import Ridge
 
-from mlops_assets.ingestion.sources import SampleObservationSource, load_sample_observations
-from mlops_assets.ml.forecast_features import FeatureSpec
-from mlops_assets.ml.metrics import mae
-from mlops_assets.ml.model_io import log_forecaster
-from mlops_assets.ml.windows import build_training_windows
+from mlops_assets.atmos.dataset import build_training_windows
+from mlops_assets.atmos.forecast_features import FeatureSpec
+from mlops_assets.atmos.metrics import mae
+from mlops_assets.atmos.model_io import log_forecaster
+from mlops_assets.atmos.source import SampleObservationSource, load_sample_observations
 from mlops_assets.monitoring.assets import atmos_forecast_accuracy, read_accuracy
 from mlops_assets.monitoring.resources import MonitoringSettings
 from mlops_assets.monitoring.sensors import champion_degradation_sensor

@@ -15,8 +15,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from mlops_assets.ingestion.sources import CsvObservationSource, SampleObservationSource
-from mlops_assets.insurance.sources import CsvPolicySource, SyntheticPolicySource
+from mlops_assets.atmos.source import CsvObservationSource, SampleObservationSource
+from mlops_assets.insurance.source import CsvPolicySource, SyntheticPolicySource
 from mlops_assets.monitoring.assets import replace_accuracy
 from mlops_assets.monitoring.resources import MonitoringSettings
 from mlops_assets.monitoring.sensors import (

@@ -40,13 +40,12 @@ SEARCH_SCRIPT = textwrap.dedent(
     import mlflow
     import ray
 
-    from mlops_assets.features.cleaning import clean_observations
-    from mlops_assets.ingestion.sources import load_sample_observations
-    from mlops_assets.ml import forecasters
-    from mlops_assets.ml.windows import build_training_windows
-    from mlops_assets.training.forecaster_search import TRIAL_ITERATIONS, forecaster_trial
-    from mlops_assets.training.resources import TuningResource
-    from mlops_assets.training.tuning import HOSTNAME_TAG, NODE_ID_TAG, TRIAL_ENV, TUNE_ENV, run_search
+    from mlops_assets.atmos.cleaning import clean_observations
+    from mlops_assets.atmos.dataset import build_training_windows
+    from mlops_assets.atmos.search import QUICK_SEARCH_SPACE, TRIAL_ITERATIONS, forecaster_trial
+    from mlops_assets.atmos.source import load_sample_observations
+    from mlops_assets.tuning.resources import TuningResource
+    from mlops_assets.tuning.runner import HOSTNAME_TAG, NODE_ID_TAG, TRIAL_ENV, TUNE_ENV, run_search
 
     tracking_uri, samples = sys.argv[1], int(sys.argv[2])
     series, _ = clean_observations(load_sample_observations("JFK"))
@@ -62,7 +61,7 @@ SEARCH_SCRIPT = textwrap.dedent(
     )
     outcome = run_search(
         forecaster_trial,
-        forecasters.QUICK_SEARCH_SPACE,
+        QUICK_SEARCH_SPACE,
         settings,
         metric="val_mae",
         tracking_uri=tracking_uri,
@@ -93,7 +92,7 @@ DEAD_ADDRESS_SCRIPT = textwrap.dedent(
     import ray
     from ray import tune
 
-    from mlops_assets.training.tuning import RayClusterUnreachable, SearchSettings, run_search
+    from mlops_assets.tuning.runner import RayClusterUnreachable, SearchSettings, run_search
 
     def never_called(config):
         raise AssertionError("no trial may run without a cluster")

@@ -13,25 +13,24 @@ import mlflow
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from mlops_assets.constants import ATMOS_MODEL_NAME, INSURANCE_MODEL_NAME
-from mlops_assets.features.assets import atmos_features
-from mlops_assets.ingestion.assets import raw_atmos_observations
-from mlops_assets.ingestion.sources import SampleObservationSource
-from mlops_assets.insurance.assets import (
-    insurance_champion_model,
-    insurance_policies,
-    insurance_tuned_model,
-    insurance_tuned_model_beats_baseline,
+from mlops_assets.atmos.assets import (
+    atmos_champion_model,
+    atmos_features,
+    atmos_training_windows,
+    atmos_tuned_model,
+    raw_atmos_observations,
 )
-from mlops_assets.insurance.sources import SyntheticPolicySource
-from mlops_assets.promotion.assets import atmos_champion_model
-from mlops_assets.promotion.checks import atmos_champion_serves, atmos_tuned_model_beats_baselines
+from mlops_assets.atmos.checks import atmos_champion_serves, atmos_tuned_model_beats_baselines
+from mlops_assets.atmos.source import SampleObservationSource
+from mlops_assets.constants import ATMOS_MODEL_NAME, INSURANCE_MODEL_NAME
+from mlops_assets.insurance.assets import insurance_champion_model, insurance_policies, insurance_tuned_model
+from mlops_assets.insurance.checks import insurance_tuned_model_beats_baseline
+from mlops_assets.insurance.source import SyntheticPolicySource
 from mlops_assets.resources import mlflow_resources
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.tuned_model_store import TunedModelNotFound
 from mlops_assets.resources.warehouse import WarehouseResource
-from mlops_assets.training.assets import atmos_training_windows, atmos_tuned_model
-from mlops_assets.training.resources import TuningResource
+from mlops_assets.tuning.resources import TuningResource
 
 RANGE = {ASSET_PARTITION_RANGE_START_TAG: "2013-01-01", ASSET_PARTITION_RANGE_END_TAG: "2013-04-30"}
 ATMOS = [raw_atmos_observations, atmos_features, atmos_training_windows, atmos_tuned_model, atmos_champion_model]

@@ -10,19 +10,21 @@ import mlflow
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from mlops_assets.atmos.assets import (
+    atmos_champion_model,
+    atmos_features,
+    atmos_training_windows,
+    atmos_tuned_model,
+    raw_atmos_observations,
+)
+from mlops_assets.atmos.checks import atmos_champion_serves, atmos_features_checks, atmos_tuned_model_beats_baselines
+from mlops_assets.atmos.source import SampleObservationSource
 from mlops_assets.cli import main
 from mlops_assets.constants import ATMOS_MODEL_NAME
-from mlops_assets.features.assets import atmos_features
-from mlops_assets.features.checks import atmos_features_checks
-from mlops_assets.ingestion.assets import raw_atmos_observations
-from mlops_assets.ingestion.sources import SampleObservationSource
-from mlops_assets.promotion.assets import atmos_champion_model
-from mlops_assets.promotion.checks import atmos_champion_serves, atmos_tuned_model_beats_baselines
 from mlops_assets.resources import mlflow_resources
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
-from mlops_assets.training.assets import atmos_training_windows, atmos_tuned_model
-from mlops_assets.training.resources import TuningResource
+from mlops_assets.tuning.resources import TuningResource
 
 DATA_ASSETS = [raw_atmos_observations, atmos_features, atmos_features_checks]
 TRAINING_ASSETS = [

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from mlops_assets.ingestion.sources import load_sample_observations, local_day_bounds
+from mlops_assets.atmos.source import load_sample_observations, local_day_bounds
 from mlops_assets.resources.warehouse import WarehouseResource
 
 TZ = "America/New_York"

@@ -5,7 +5,7 @@ champion, this service against `mlflow models serve` on the same registry versio
         [--workers N] [--env SERVING_MAX_BATCH=16 ...] [--out bench/results/serving.md]
 
 Builds a throwaway SQLite store: one version per forecaster family (default hyperparameters of
-`mlops_assets.ml.forecasters`, fitted on the training split of the bundled 2013 JFK hours with
+`mlops_assets.atmos.families`, fitted on the training split of the bundled 2013 JFK hours with
 their covariates) and the insurance gradient-boosting pipeline (public CSV). Then, one model at a
 time (the alias moved to it, only that model served, both servers started fresh): same answer
 from both servers; closed-loop load at concurrency 1, 8, 64; Poisson arrivals at 50% and 90% of
@@ -51,11 +51,11 @@ def build_store(workdir: Path) -> tuple[str, dict[str, dict[str, Any]]]:
     import mlflow.models
     import pandas as pd
 
-    from mlops_assets.ingestion.sources import load_sample_observations
-    from mlops_assets.ml.forecast_features import feature_row
-    from mlops_assets.ml.forecasters import build_forecaster
-    from mlops_assets.ml.model_io import log_forecaster
-    from mlops_assets.ml.windows import build_training_windows
+    from mlops_assets.atmos.dataset import build_training_windows
+    from mlops_assets.atmos.families import build_forecaster
+    from mlops_assets.atmos.forecast_features import feature_row
+    from mlops_assets.atmos.model_io import log_forecaster
+    from mlops_assets.atmos.source import load_sample_observations
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -89,8 +89,8 @@ def build_store(workdir: Path) -> tuple[str, dict[str, dict[str, Any]]]:
         }
         log(f"{family}: v{version} {models[family]['describe']} ({time.perf_counter() - started:.1f} s)")
 
-    from mlops_assets.insurance.policies import validate_policies
-    from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, build_insurance_model, split_policies
+    from mlops_assets.insurance.dataset import validate_policies
+    from mlops_assets.insurance.families import FEATURES, SKOPS_TRUSTED_TYPES, build_insurance_model, split_policies
 
     policies = validate_policies(pd.read_csv(REPO.parent / "shared" / "data" / "insurance.csv", dtype=str)).valid
     split = split_policies(policies)

@@ -25,8 +25,8 @@ import pandas as pd  # noqa: E402
 from loadgen import have_wrk  # noqa: E402
 from run import HOST, PY, base_env, free_port, loads, request, start, stop, wait_http  # noqa: E402
 
-from mlops_assets.insurance.policies import validate_policies  # noqa: E402
-from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, build_insurance_model, split_policies  # noqa: E402
+from mlops_assets.insurance.dataset import validate_policies  # noqa: E402
+from mlops_assets.insurance.families import FEATURES, SKOPS_TRUSTED_TYPES, build_insurance_model, split_policies  # noqa: E402
 
 MODEL = "insurance_charges"
 REPO = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@
     .venv/bin/python bench/serving/predict_cost.py            # ~2-4 min; writes bench/results/predict_cost.md
     .venv/bin/python bench/serving/predict_cost.py --quick    # smaller fits, fewer repeats
 
-Fits every forecaster family of `mlops_assets.ml.forecasters` (defaults, plus the largest boosted
+Fits every forecaster family of `mlops_assets.atmos.families` (defaults, plus the largest boosted
 point of `SEARCH_SPACE`) on windows of the bundled 2013 JFK observations, and both insurance
 families on the public insurance dataset (the `model` step, as the service calls it after
 `FastRowEncoder`). For each it times, on test rows: `predict` with the process's default
@@ -33,10 +33,10 @@ from threadpoolctl import threadpool_limits
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from mlops_assets.features.cleaning import clean_observations  # noqa: E402
-from mlops_assets.ingestion.sources import load_sample_observations  # noqa: E402
+from mlops_assets.atmos.cleaning import clean_observations  # noqa: E402
+from mlops_assets.atmos.families import FAMILIES, build_forecaster  # noqa: E402
+from mlops_assets.atmos.source import load_sample_observations  # noqa: E402
 from mlops_assets.ml.compiled_trees import NotCompilable, PackedTrees, compile_or_raise, parity_report  # noqa: E402
-from mlops_assets.ml.forecasters import FAMILIES, build_forecaster  # noqa: E402
 from serving.models._sklearn import predictor  # noqa: E402
 
 #: The largest boosted point of SEARCH_SPACE (the slowest champion the search can pick).
@@ -147,7 +147,7 @@ def per_call_us(call: Callable[[], Any], budget_s: float, max_batches: int) -> f
 
 
 def forecaster_models(quick: bool) -> list[tuple[str, Any, np.ndarray]]:
-    from mlops_assets.ml.windows import build_training_windows
+    from mlops_assets.atmos.dataset import build_training_windows
 
     series, _ = clean_observations(load_sample_observations("JFK"))
     if quick:
@@ -165,8 +165,8 @@ def forecaster_models(quick: bool) -> list[tuple[str, Any, np.ndarray]]:
 
 
 def insurance_models(csv: Path) -> list[tuple[str, Any, np.ndarray]]:
-    from mlops_assets.insurance.policies import validate_policies
-    from mlops_assets.ml.insurance import FEATURES, build_insurance_model, split_policies
+    from mlops_assets.insurance.dataset import validate_policies
+    from mlops_assets.insurance.families import FEATURES, build_insurance_model, split_policies
 
     if not csv.exists():
         print(f"(no {csv}: insurance rows skipped)")

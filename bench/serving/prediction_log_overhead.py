@@ -51,7 +51,7 @@ def request_body() -> bytes:
     """One past JFK window of the bundled sample, with its explicit `last_observed_at`."""
     import pandas as pd
 
-    from mlops_assets.ingestion.sources import load_sample_observations
+    from mlops_assets.atmos.source import load_sample_observations
 
     sample = load_sample_observations("JFK")
     hourly = pd.Series(sample["tmp"].to_numpy(), index=pd.DatetimeIndex(sample["time"]))
@@ -69,10 +69,10 @@ def register_family(workdir: Path, family: str) -> tuple[str, str]:
     import mlflow.models
     from mlflow.tracking import MlflowClient
 
-    from mlops_assets.ingestion.sources import load_sample_observations
-    from mlops_assets.ml.forecasters import build_forecaster
-    from mlops_assets.ml.model_io import log_forecaster
-    from mlops_assets.ml.windows import build_training_windows
+    from mlops_assets.atmos.dataset import build_training_windows
+    from mlops_assets.atmos.families import build_forecaster
+    from mlops_assets.atmos.model_io import log_forecaster
+    from mlops_assets.atmos.source import load_sample_observations
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

@@ -93,7 +93,7 @@ class Store:
 
 def jfk_windows() -> tuple[np.ndarray, np.ndarray]:
     """All complete 72 -> 24 hour windows of 2013 JFK temperatures, in time order."""
-    from mlops_assets.ingestion.sources import load_sample_observations
+    from mlops_assets.atmos.source import load_sample_observations
 
     frame = load_sample_observations("JFK")
     hourly = frame.set_index("time")["tmp"].asfreq("h").to_numpy(dtype="float64")
@@ -107,8 +107,8 @@ def build_store(workdir: Path) -> Store:
     from mlflow.tracking import MlflowClient
     from sklearn.linear_model import Ridge
 
-    from mlops_assets.ml.forecast_features import FeatureSpec
-    from mlops_assets.ml.model_io import log_forecaster
+    from mlops_assets.atmos.forecast_features import FeatureSpec
+    from mlops_assets.atmos.model_io import log_forecaster
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -155,7 +155,7 @@ def serving_example(uri: str, version: str) -> bytes:
 def predict_paths(uri: str, version: str, row: np.ndarray) -> dict[str, Any]:
     import mlflow
 
-    from mlops_assets.ml.model_io import load_forecaster
+    from mlops_assets.atmos.model_io import load_forecaster
     from serving.models._sklearn import predictor
 
     mlflow.set_tracking_uri(uri)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 
-from mlops_assets.ml.forecast_features import FeatureSpec, feature_matrix
+from mlops_assets.atmos.forecast_features import FeatureSpec, feature_matrix
 from mlops_assets_tests.serving.support import MODEL, Store, Template, TemplateVersion, synthetic_windows
 
 
@@ -58,7 +58,7 @@ def _register(spec: FeatureSpec, seed: int, experiment_id: str) -> TemplateVersi
     import mlflow
     from sklearn.linear_model import Ridge
 
-    from mlops_assets.ml.model_io import log_forecaster
+    from mlops_assets.atmos.model_io import log_forecaster
 
     temps, target, epoch, rh = synthetic_windows(300, seed)
     X = feature_matrix(spec, temps, epoch if spec.calendar else None, {"rh": rh} if spec.covariates else None)

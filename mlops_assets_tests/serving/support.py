@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from mlops_assets.ml.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
+from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
 
 MODEL = "atmos_temperature"
 ALIAS = "champion"

@@ -12,7 +12,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from mlops_assets.ml.forecast_features import HORIZON_HOURS, INPUT_HOURS, feature_row
+from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, feature_row
 from mlops_assets_tests.serving.support import ALIAS, MODEL, PATH, Store, series, wait_ready
 
 pytestmark = pytest.mark.anyio

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_assets.ml.forecast_features import feature_matrix, feature_row
+from mlops_assets.atmos.forecast_features import feature_matrix, feature_row
 from mlops_assets_tests.serving.support import MODEL, PATH, in_loop_client, synthetic_windows, wait_ready
 from serving.batching import Batcher, BatchSettings
 from serving.errors import DeadlineExceeded
@@ -260,8 +260,8 @@ def family_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     import mlflow
     import mlflow.models
 
-    from mlops_assets.ml.forecasters import build_forecaster
-    from mlops_assets.ml.model_io import log_forecaster
+    from mlops_assets.atmos.families import build_forecaster
+    from mlops_assets.atmos.model_io import log_forecaster
 
     root = tmp_path_factory.mktemp("families")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -331,8 +331,8 @@ async def test_batched_insurance_answers_equal_the_pipeline(
     import mlflow
     import mlflow.models
 
-    from mlops_assets.insurance.policies import validate_policies
-    from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, build_insurance_model, split_policies
+    from mlops_assets.insurance.dataset import validate_policies
+    from mlops_assets.insurance.families import FEATURES, SKOPS_TRUSTED_TYPES, build_insurance_model, split_policies
     from serving.app import create_app
     from serving.settings import ServingSettings
 

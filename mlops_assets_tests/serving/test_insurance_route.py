@@ -12,8 +12,8 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from mlops_assets.insurance.policies import validate_policies
-from mlops_assets.ml.insurance import FEATURES, SKOPS_TRUSTED_TYPES, build_insurance_model, split_policies
+from mlops_assets.insurance.dataset import validate_policies
+from mlops_assets.insurance.families import FEATURES, SKOPS_TRUSTED_TYPES, build_insurance_model, split_policies
 from mlops_assets_tests.serving.support import wait_ready
 
 pytestmark = pytest.mark.anyio
@@ -100,7 +100,7 @@ async def test_a_missing_field_is_named(served: tuple) -> None:
 
 def test_the_fast_path_equals_the_pipeline_on_every_public_row(policies: pd.DataFrame) -> None:
     from serving.models.insurance_charges import ChargeModel, build_input, predict
-    from mlops_assets.ml.insurance import FastRowEncoder
+    from serving.models._insurance_encoding import FastRowEncoder
     from serving.models.insurance_charges import InsuranceRequest
 
     split = split_policies(policies)

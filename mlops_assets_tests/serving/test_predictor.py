@@ -10,7 +10,7 @@ from sklearn.multioutput import MultiOutputRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mlops_assets.ml.estimators import LastValueDelta
+from mlops_assets.atmos.estimators import LastValueDelta
 from mlops_assets_tests.serving.support import synthetic_windows
 from serving.models._sklearn import predictor
 
