@@ -30,6 +30,7 @@ from mlops_assets.atmos.source import (
     read_observations_csv,
 )
 from mlops_assets.resources import build_observation_source
+from mlops_assets.settings import load_pipeline_settings
 
 UTC = dt.UTC
 ZONES = ["America/Chicago", "Europe/London", "Australia/Sydney", "Asia/Seoul", "UTC"]
@@ -286,10 +287,11 @@ def test_spaces_after_commas_are_not_part_of_names_or_values(tmp_path: Path) -> 
 def test_the_csv_source_takes_its_mapping_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     path = tmp_path / "station.csv"
     path.write_text("Date,Temperature\n2016-11-06 01:00,1\n2016-11-06 01:00,2\n")
+    monkeypatch.setenv("ATMOS_SOURCE", "csv")
     monkeypatch.setenv("ATMOS_CSV_PATH", str(path))
     monkeypatch.setenv("ATMOS_TIMEZONE", "America/Chicago")
     monkeypatch.setenv("ATMOS_CSV_COLUMNS", "time=Date,tmp=Temperature")
-    source = build_observation_source("csv")
+    source = build_observation_source(load_pipeline_settings())
     assert isinstance(source, CsvObservationSource)
     with dg.build_resources({"source": source}) as resources:
         frame = resources.source.fetch(dt.date(2016, 11, 6), dt.date(2016, 11, 6))
