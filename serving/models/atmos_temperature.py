@@ -18,13 +18,14 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
+from mlops_assets.constants import ATMOS_MODEL_NAME
 from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec, feature_row
 from mlops_assets.atmos.model_io import load_forecaster
 from serving.errors import InvalidInput
 from serving.models import ModelModule, ModelRef
 from serving.models._sklearn import Predict, predictor
 
-NAME = "atmos_temperature"
+NAME = ATMOS_MODEL_NAME
 log = logging.getLogger(__name__)
 
 #: Beyond any air temperature on record (-89.2 .. 56.7 °C): catches Kelvin/Fahrenheit mix-ups, and

@@ -18,13 +18,14 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from mlops_assets.constants import INSURANCE_MODEL_NAME
 from mlops_assets.insurance.families import CATEGORIES, FEATURES, legacy_code
 from serving.errors import InvalidInput
 from serving.models import ModelModule, ModelRef
 from serving.models._insurance_encoding import FastRowEncoder
 from serving.models._sklearn import Predict, predictor
 
-NAME = "insurance_charges"
+NAME = INSURANCE_MODEL_NAME
 log = logging.getLogger(__name__)
 
 
