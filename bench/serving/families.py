@@ -124,6 +124,8 @@ def measure(name: str, spec: dict[str, Any], uri: str, workdir: Path, args: argp
     MlflowClient(tracking_uri=uri).set_registered_model_alias(spec["registered"], "champion", spec["version"])
     env = base_env(uri)
     env["SERVING_MODELS"] = spec["registered"]
+    # The prediction log stays on (a default setting), writing to this run's own SQLite warehouse.
+    env["WAREHOUSE_URL"] = f"sqlite:///{workdir / f'warehouse-{name}.db'}"
     env.update(dict(item.split("=", 1) for item in args.env))
     ours_port, mlflow_port = free_port(), free_port()
     cmd = [PY, "-m", "serving", "--port", str(ours_port)] + (["--workers", str(args.workers)] if args.workers else [])
