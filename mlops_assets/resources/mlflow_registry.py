@@ -16,10 +16,11 @@ from typing import Any
 import dagster as dg
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException, RestException
+from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from mlops_assets.constants import CHAMPION_ALIAS, DEFAULT_TRACKING_URI
+from mlops_assets.registry_errors import is_missing_alias
 
 
 
@@ -81,12 +82,8 @@ class MlflowRegistry(dg.ConfigurableResource):
         """The version behind alias `champion`, or None when there is none yet."""
         try:
             return self.client().get_model_version_by_alias(model_name, CHAMPION_ALIAS)
-        except RestException as error:
-            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise
         except MlflowException as error:
-            if "not found" in str(error).lower() or "does not exist" in str(error).lower():
+            if is_missing_alias(error):
                 return None
             raise
 
