@@ -83,12 +83,20 @@ def breakdown(home: Path, began: float, total: float, exit_status: int) -> Break
         events = [entry for entry in instance.all_logs(record.dagster_run.run_id) if entry.dagster_event is not None]
     created = record.create_timestamp.timestamp()
     planned = [e for e in events if e.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED]
-    first_other = min(e.timestamp for e in events if e.dagster_event.event_type not in {
-        dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
-    } and e.timestamp >= created)
+    first_other = min(
+        e.timestamp
+        for e in events
+        if e.dagster_event.event_type
+        not in {
+            dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+            dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
+        }
+        and e.timestamp >= created
+    )
     starts = {e.step_key: e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_START}
     ends = {
-        e.step_key: e.timestamp for e in events
+        e.step_key: e.timestamp
+        for e in events
         if e.dagster_event.event_type in {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
     }
     steps = {key: ends[key] - starts[key] for key in starts if key in ends}
@@ -118,9 +126,14 @@ def run_main_command(code: Path, csv_path: Path, start: str, end: str, label: st
     """The main command in a fresh folder; the instance is wherever that code keeps it."""
     env = {
         **os.environ,
-        "ATMOS_SOURCE": "csv", "ATMOS_CSV_PATH": str(csv_path), "ATMOS_STATION": "JFK",
-        "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true", "DAGSTER_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0",
+        "ATMOS_SOURCE": "csv",
+        "ATMOS_CSV_PATH": str(csv_path),
+        "ATMOS_STATION": "JFK",
+        "PYTHONPATH": str(code),
+        "OMP_NUM_THREADS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DAGSTER_DISABLE_TELEMETRY": "true",
+        "RAY_USAGE_STATS_ENABLED": "0",
     }
     env.pop("DAGSTER_HOME", None)
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -138,7 +151,11 @@ def run_main_command(code: Path, csv_path: Path, start: str, end: str, label: st
     with log.open("w") as out:
         status = subprocess.run(
             [sys.executable, "-m", "mlops_assets.cli", "materialize", "--start", start, "--end", end],
-            cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, check=False,
+            cwd=folder,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
         ).returncode
     total = time.time() - began
     if status != 0:
@@ -148,24 +165,34 @@ def run_main_command(code: Path, csv_path: Path, start: str, end: str, label: st
 
 def table(label: str, results: dict[str, Breakdown]) -> list[str]:
     lines = [
-        "| range | total s | start-up s | run creation s (planned events) | materialization events s (count) | work s | rest s | events in run | exit |",
+        "| range | total s | start-up s | run creation s (planned events) | materialization events s (count) | work s "
+        "| rest s | events in run | exit |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, b in results.items():
         lines.append(
             f"| {name} | {b.total:.1f} | {b.startup:.1f} | {b.run_creation:.1f} ({b.planned_events}) | "
-            f"{b.materialization_events:.1f} ({b.materializations}) | {b.work:.1f} | {b.rest:.1f} | {b.events_in_run} | {b.exit_status} |"
+            f"{b.materialization_events:.1f} ({b.materializations}) | {b.work:.1f} | {b.rest:.1f} | {b.events_in_run} "
+            f"| {b.exit_status} |"
         )
-    lines += ["", "Steps (s): " + "; ".join(
-        f"{name}: " + ", ".join(f"{key} {seconds:.1f}" for key, seconds in sorted(b.steps.items()))
-        for name, b in results.items()
-    )]
+    lines += [
+        "",
+        "Steps (s): "
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{key} {seconds:.1f}" for key, seconds in sorted(b.steps.items()))
+            for name, b in results.items()
+        ),
+    ]
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label", required=True, help="'before...' (DAGSTER_HOME with Dagster's default SQLite storage) or 'after' (the CLI's own instance)")
+    parser.add_argument(
+        "--label",
+        required=True,
+        help="'before...' (DAGSTER_HOME with Dagster's default SQLite storage) or 'after' (the CLI's own instance)",
+    )
     parser.add_argument("--code", type=Path, default=REPO, help="source tree whose mlops_assets runs")
     parser.add_argument("--ranges", nargs="+", default=list(RANGES), choices=list(RANGES))
     parser.add_argument("--dry-run", action="store_true", help="print, do not append to the results")
@@ -184,7 +211,8 @@ def main() -> None:
         f"## {args.label}: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, code {args.code}",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}; "
-        f"load average after the runs {load[0]:.1f}. Station file: {rows} hourly rows (JFK 2013 + the same values shifted to 2014).",
+        f"load average after the runs {load[0]:.1f}. Station file: {rows} hourly rows (JFK 2013 + the same values "
+        "shifted to 2014).",
         "",
         *table(args.label, results),
         "",
@@ -194,8 +222,10 @@ def main() -> None:
     if not args.dry_run:
         RESULTS.parent.mkdir(exist_ok=True)
         if not RESULTS.exists():
-            RESULTS.write_text("# Bookkeeping of the main command: one and two years end to end\n\n"
-                               "Written by `bench/bookkeeping.py`; the method is in its docstring.\n\n")
+            RESULTS.write_text(
+                "# Bookkeeping of the main command: one and two years end to end\n\n"
+                "Written by `bench/bookkeeping.py`; the method is in its docstring.\n\n"
+            )
         with RESULTS.open("a") as out:
             out.write(text + "\n")
 

@@ -17,23 +17,23 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
-from ray.tune.search.sample import Domain  # noqa: E402
+import numpy as np
+from ray.tune.search.sample import Domain
 
-from mlops_assets.atmos.cleaning import clean_observations  # noqa: E402
-from mlops_assets.atmos.dataset import TrainingWindows, build_training_windows, concat_windows  # noqa: E402
-from mlops_assets.atmos.families import FAMILIES, build_forecaster, family_params  # noqa: E402
-from mlops_assets.atmos.metrics import baseline_maes, mae, per_horizon_mae, persistence_forecast  # noqa: E402
-from mlops_assets.atmos.search import DEFAULT_NUM_SAMPLES, SEARCH_SPACE  # noqa: E402
-from mlops_assets.atmos.source import load_sample_observations  # noqa: E402
+from mlops_assets.atmos.cleaning import clean_observations
+from mlops_assets.atmos.dataset import TrainingWindows, build_training_windows, concat_windows
+from mlops_assets.atmos.families import FAMILIES, build_forecaster, family_params
+from mlops_assets.atmos.metrics import baseline_maes, mae, per_horizon_mae, persistence_forecast
+from mlops_assets.atmos.search import DEFAULT_NUM_SAMPLES, SEARCH_SPACE
+from mlops_assets.atmos.source import load_sample_observations
 
 RESULTS = Path(__file__).parent / "results" / "forecasters_quality.md"
 STATION = "JFK"
@@ -92,7 +92,11 @@ def refit(config: dict[str, Any]) -> dict[str, Any]:
     model.fit(both.features(spec), both.targets)
     seconds = time.perf_counter() - began
     predictions = model.predict(w.test.features(spec))
-    return {"test": mae(predictions, w.test.targets), "per_horizon": per_horizon_mae(predictions, w.test.targets), "fit_s": seconds}
+    return {
+        "test": mae(predictions, w.test.targets),
+        "per_horizon": per_horizon_mae(predictions, w.test.targets),
+        "fit_s": seconds,
+    }
 
 
 def describe(config: dict[str, Any]) -> str:
@@ -117,7 +121,9 @@ def main() -> None:
         results = dict(zip(unique, pool.map(evaluate, unique.values()), strict=True))
         search_seconds = time.perf_counter() - began
         # Selected trial of each search, and the best trial of each family in the first search.
-        selected = {seed: min((results[key(c)] for c in configs), key=lambda r: r["val"]) for seed, configs in searches.items()}
+        selected = {
+            seed: min((results[key(c)] for c in configs), key=lambda r: r["val"]) for seed, configs in searches.items()
+        }
         first = [results[key(c)] for c in searches[0]]
         family_best = {
             family: min(trials, key=lambda r: r["val"])
@@ -136,16 +142,17 @@ def main() -> None:
     lines = [
         f"# Forecaster selection on the sample ({STATION} 2013): validation picks, test checks",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, OMP_NUM_THREADS=1 per "
-        f"process. Command: `.venv/bin/python bench/forecasters_quality.py --trials {args.trials} --seeds {args.seeds} "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        "OMP_NUM_THREADS=1 per process. "
+        f"Command: `.venv/bin/python bench/forecasters_quality.py --trials {args.trials} --seeds {args.seeds} "
         f"--workers {args.workers}`.",
         "",
         f"Windows (72 h -> 24 h, stride 1): train {len(w.train)}, validation {len(w.validation)}, test {len(w.test)}; "
         f"covariates {', '.join(w.covariates)}.",
         *[f"- {name}: {span}" for name, span in w.boundaries.items()],
         "",
-        f"Protocol: random search of {args.trials} trials over `SEARCH_SPACE` (seed 0), each fitted on train and scored on "
-        "validation; the lowest validation MAE is refitted on train+validation and scored on test. "
+        f"Protocol: random search of {args.trials} trials over `SEARCH_SPACE` (seed 0), each fitted on train and "
+        "scored on validation; the lowest validation MAE is refitted on train+validation and scored on test. "
         "MAE in degrees C, averaged over the 24 lead hours.",
         "",
         "## Baselines",
@@ -156,10 +163,11 @@ def main() -> None:
         "",
         "## Best trial of each family (search seed 0)",
         "",
-        "Fit seconds: the train fit, one thread per worker, the workers sharing the cores (alone a fit is up to ~2x faster). "
-        "Test (train only) is not used for anything.",
+        "Fit seconds: the train fit, one thread per worker, the workers sharing the cores (alone a fit is up to ~2x "
+        "faster). Test (train only) is not used for anything.",
         "",
-        "| family | trials | best val MAE | test MAE, train only | test MAE, refit train+val | fit s | hyperparameters |",
+        "| family | trials | best val MAE | test MAE, train only | test MAE, refit train+val | fit s | "
+        "hyperparameters |",
         "|---|---|---|---|---|---|---|",
     ]
     for family, best in sorted(family_best.items(), key=lambda item: item[1]["val"]):
@@ -192,7 +200,10 @@ def main() -> None:
     ]
     for seed, best in selected.items():
         rf = refits[key(best["config"])]
-        lines.append(f"| {seed} | {best['config']['family']} | {best['val']:.3f} | {rf['test']:.3f} | {describe(best['config'])} |")
+        lines.append(
+            f"| {seed} | {best['config']['family']} | {best['val']:.3f} | {rf['test']:.3f} | "
+            f"{describe(best['config'])} |"
+        )
     lines += [
         "",
         f"{len(unique)} distinct trials in all searches: {search_seconds:.0f} s on {args.workers} workers; "
@@ -203,7 +214,8 @@ def main() -> None:
         "| family | val MAE | test MAE, train only | fit s | hyperparameters |",
         "|---|---|---|---|---|",
         *[
-            f"| {r['config']['family']} | {r['val']:.3f} | {r['test_train_only']:.3f} | {r['fit_s']:.1f} | {describe(r['config'])} |"
+            f"| {r['config']['family']} | {r['val']:.3f} | {r['test_train_only']:.3f} | {r['fit_s']:.1f} | "
+            f"{describe(r['config'])} |"
             for r in sorted(first, key=lambda r: r["val"])
         ],
         "",

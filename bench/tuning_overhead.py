@@ -20,18 +20,18 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import mlflow  # noqa: E402
-import ray  # noqa: E402
-from ray.tune.search.sample import Domain  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
+import mlflow
+import ray
+from ray.tune.search.sample import Domain
+from threadpoolctl import threadpool_limits
 
-from mlops_assets.atmos.cleaning import clean_observations  # noqa: E402
-from mlops_assets.atmos.dataset import build_training_windows  # noqa: E402
-from mlops_assets.atmos.families import build_forecaster  # noqa: E402
-from mlops_assets.atmos.metrics import mae  # noqa: E402
-from mlops_assets.atmos.search import SEARCH_SPACE, TRIAL_ITERATIONS, forecaster_trial  # noqa: E402
-from mlops_assets.atmos.source import load_sample_observations  # noqa: E402
-from mlops_assets.tuning.runner import TRIAL_ENV, SearchSettings, run_search  # noqa: E402
+from mlops_assets.atmos.cleaning import clean_observations
+from mlops_assets.atmos.dataset import build_training_windows
+from mlops_assets.atmos.families import build_forecaster
+from mlops_assets.atmos.metrics import mae
+from mlops_assets.atmos.search import SEARCH_SPACE, TRIAL_ITERATIONS, forecaster_trial
+from mlops_assets.atmos.source import load_sample_observations
+from mlops_assets.tuning.runner import TRIAL_ENV, SearchSettings, run_search
 
 RESULTS = Path(__file__).parent / "results" / "tuning_overhead.md"
 
@@ -69,7 +69,13 @@ def main() -> None:
         mlflow.set_tracking_uri(uri)
         experiment = mlflow.set_experiment("bench")
         began = time.perf_counter()
-        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": TRIAL_ENV}, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            runtime_env={"env_vars": TRIAL_ENV},
+            log_to_driver=False,
+        )
         ray_start = time.perf_counter() - began
         with mlflow.start_run() as parent:
             search_began = time.perf_counter()
@@ -98,7 +104,8 @@ def main() -> None:
         "| run | wall seconds | notes |",
         "|---|---|---|",
         f"| plain loop, 1 process, 1 thread | {loop_seconds:.1f} | no logging; best val MAE {min(loop_scores):.3f} |",
-        f"| Ray Tune search, 2 concurrent trials | {search_seconds:.1f} | ASHA stopped {len(outcome.trials) - finished} of "
+        f"| Ray Tune search, 2 concurrent trials | {search_seconds:.1f} | ASHA stopped "
+        f"{len(outcome.trials) - finished} of "
         f"{len(outcome.trials)} early; every trial an MLflow run; best val MAE {outcome.best.metrics['val_mae']:.3f} |",
         f"| `ray.init` (once per search in the pipeline) | {ray_start:.1f} | |",
         "",

@@ -173,9 +173,7 @@ def dev(host: str, port: int) -> int:
     else:
         command += ["--module-name", "mlops_assets.definitions"]
     print(f"Dagster UI on http://{host}:{port} (instance {home}); Ctrl-C stops it", file=sys.stderr)
-    child = subprocess.Popen(
-        command, env=env, start_new_session=True, restore_signals=True, preexec_fn=_default_sigint
-    )
+    child = subprocess.Popen(command, env=env, start_new_session=True, restore_signals=True, preexec_fn=_default_sigint)
     stop_requested: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -291,7 +289,9 @@ def champion_summaries(result: dg.ExecuteInProcessResult) -> dict[str, str]:
         if asset not in CHAMPION_ASSETS:
             continue
         metadata = {key: value.value for key, value in materialization.metadata.items()}
-        scores = ", ".join(f"{key.removeprefix('baseline_')} {value}" for key, value in metadata.items() if key.startswith("baseline_"))
+        scores = ", ".join(
+            f"{key.removeprefix('baseline_')} {value}" for key, value in metadata.items() if key.startswith("baseline_")
+        )
         metric = metadata["metric"]  # e.g. test_mae, test_error_rate (lower is better)
         before = metadata.get(f"champion_{metric}_same_holdout")
         lines[CHAMPION_ASSETS[asset]] = (
@@ -319,7 +319,9 @@ def _report(result: dg.ExecuteInProcessResult, seconds: float) -> int:
         details = [f"{count} partitions"] if count > 1 else []
         if "dagster/row_count" in metadata:
             details.append(f"{metadata['dagster/row_count']} rows")
-        details += [f"{metadata[key]} {words}" for key, words in QUALITY_COUNTS.get(name, {}).items() if key in metadata]
+        details += [
+            f"{metadata[key]} {words}" for key, words in QUALITY_COUNTS.get(name, {}).items() if key in metadata
+        ]
         print(f"  materialized {name}" + (f" ({', '.join(details)})" if details else ""))
     failed_checks = []
     for event in result.get_asset_check_evaluations():

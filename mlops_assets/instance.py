@@ -112,7 +112,11 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         kept = [event for event in events if self._keeps(event)]
-        batched = [event for event in kept if event.dagster_event is not None and event.dagster_event.event_type in _BATCHED_TYPES]
+        batched = [
+            event
+            for event in kept
+            if event.dagster_event is not None and event.dagster_event.event_type in _BATCHED_TYPES
+        ]
         # Run creation's batch mixes planned checks (few, with their own check tables) into the
         # planned materializations: those keep Dagster's one-by-one path.
         for event in kept:
@@ -133,7 +137,8 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
         # Mirrored into the index shard (cross-run asset queries read it), as `store_event` does.
         with self.index_transaction() as conn:
             inserted = conn.execute(
-                SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True), rows
+                SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True),
+                rows,
             )
             event_ids = [row[0] for row in inserted]
             if len(event_ids) != len(events) or any(event_id is None for event_id in event_ids):
@@ -143,7 +148,9 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
                 self._store_asset_event(conn, event, event_id)
 
 
-def _last_per_asset_and_type(events: Sequence[EventLogEntry], event_ids: Sequence[int]) -> list[tuple[EventLogEntry, int]]:
+def _last_per_asset_and_type(
+    events: Sequence[EventLogEntry], event_ids: Sequence[int]
+) -> list[tuple[EventLogEntry, int]]:
     """The events whose asset-record update survives the batch, in their original order.
 
     Each update overwrites the record's columns for its event type (last materialization, last

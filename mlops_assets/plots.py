@@ -8,8 +8,8 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers or in run pods
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 
 def new_figure(width: float = 9.0, height: float = 3.2) -> tuple[Figure, plt.Axes]:

@@ -51,7 +51,9 @@ class PipelineSettings(BaseSettings):
     def __init__(self, **values: Any) -> None:
         super().__init__(**values)
         given = {
-            name for name, field in type(self).model_fields.items() if name in values or field.validation_alias in values
+            name
+            for name, field in type(self).model_fields.items()
+            if name in values or field.validation_alias in values
         }
         # Fields set but not given as arguments came from the environment (empty variables are ignored).
         self._from_environment = frozenset(self.model_fields_set - given)

@@ -28,8 +28,21 @@ POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Every test starts from the embedded defaults in its own folder, whatever the shell exported."""
     for name in (
-        "ATMOS_SOURCE", "ATMOS_STATION", "ATMOS_CSV_PATH", "ATMOS_TIMEZONE", "ATMOS_CSV_COLUMNS", "TUNING_NUM_SAMPLES", "DIGITS_DATA_PATH", "ALERT_WEBHOOK_URL", "KMA_SERVICE_KEY", "KMA_ASOS_ENDPOINT",
-        "WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "DAGSTER_HOME", "INSURANCE_CSV_PATH",
+        "ATMOS_SOURCE",
+        "ATMOS_STATION",
+        "ATMOS_CSV_PATH",
+        "ATMOS_TIMEZONE",
+        "ATMOS_CSV_COLUMNS",
+        "TUNING_NUM_SAMPLES",
+        "DIGITS_DATA_PATH",
+        "ALERT_WEBHOOK_URL",
+        "KMA_SERVICE_KEY",
+        "KMA_ASOS_ENDPOINT",
+        "WAREHOUSE_URL",
+        "MLFLOW_TRACKING_URI",
+        "RAY_ADDRESS",
+        "DAGSTER_HOME",
+        "INSURANCE_CSV_PATH",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -88,7 +101,9 @@ def local_ray() -> Iterator[None]:
 
     from mlops_assets.tuning.runner import TRIAL_ENV
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": TRIAL_ENV}, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": TRIAL_ENV}, log_to_driver=False
+    )
     yield
     ray.shutdown()
 
@@ -119,10 +134,18 @@ def _run_mlflow_server(database: str, tmp_path_factory: pytest.TempPathFactory) 
     artifacts = tmp_path_factory.mktemp("mlflow-artifacts")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [
-        str(Path(sys.executable).parent / "mlflow"), "server",
-        "--backend-store-uri", database,
-        "--artifacts-destination", str(artifacts),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        database,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     log = (tmp_path_factory.mktemp("mlflow-log") / "server.log").open("w")
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -23,11 +23,18 @@ def test_the_automation_sensor_runs_by_default() -> None:
 
 def test_new_daily_partitions_rebuild_the_features_and_what_follows(tmp_path: Path) -> None:
     """Partitions back to 2000-01-01 that were never ingested must not hold the features back."""
-    resources = {"source": SampleObservationSource(), "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}")}
-    definitions = dg.Definitions(assets=[raw_atmos_observations, atmos_features, atmos_training_windows], resources=resources)
+    resources = {
+        "source": SampleObservationSource(),
+        "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}"),
+    }
+    definitions = dg.Definitions(
+        assets=[raw_atmos_observations, atmos_features, atmos_training_windows], resources=resources
+    )
     backfill = {ASSET_PARTITION_RANGE_START_TAG: "2013-01-01", ASSET_PARTITION_RANGE_END_TAG: "2013-03-31"}
     with dg.instance_for_test() as instance:
-        assert dg.materialize([raw_atmos_observations, atmos_features], resources=resources, instance=instance, tags=backfill).success
+        assert dg.materialize(
+            [raw_atmos_observations, atmos_features], resources=resources, instance=instance, tags=backfill
+        ).success
         first = dg.evaluate_automation_conditions(defs=definitions, instance=instance)
         quiet = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=first.cursor)
         assert quiet.total_requested == 0

@@ -16,7 +16,9 @@ from mlops_assets.resources.warehouse import WarehouseResource
 
 
 def test_materialize_a_range_and_its_downstream_features(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    status = main(["materialize", "--start", "2013-05-01", "--end", "2013-05-10", "--select", "raw_atmos_observations+"])
+    status = main(
+        ["materialize", "--start", "2013-05-01", "--end", "2013-05-10", "--select", "raw_atmos_observations+"]
+    )
     out, err = capsys.readouterr()
     assert status == 0, err
     assert "materialized raw_atmos_observations (10 partitions, 240 rows, 0 days with missing hours" in out
@@ -43,10 +45,14 @@ def test_bad_arguments_exit_2_with_a_reason(args: list[str], message: str, capsy
     assert message in capsys.readouterr().err
 
 
-def test_a_failing_step_exits_1_with_the_reason(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_step_exits_1_with_the_reason(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ATMOS_SOURCE", "csv")
     monkeypatch.setenv("ATMOS_CSV_PATH", "/nonexistent/station.csv")
-    assert main(["materialize", "--start", "2013-05-01", "--end", "2013-05-01", "--select", "raw_atmos_observations"]) == 1
+    assert (
+        main(["materialize", "--start", "2013-05-01", "--end", "2013-05-01", "--select", "raw_atmos_observations"]) == 1
+    )
     err = capsys.readouterr().err
     assert "/nonexistent/station.csv: no such file" in err
 
@@ -66,14 +72,22 @@ def test_the_production_instance_config_stores_runs_in_postgres(
     url = sa.make_url(postgres_database)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     for name, value in {
-        "DAGSTER_PG_HOST": url.host, "DAGSTER_PG_PORT": str(url.port), "DAGSTER_PG_USER": url.username,
-        "DAGSTER_PG_PASSWORD": url.password or "", "DAGSTER_PG_DB": url.database,
+        "DAGSTER_PG_HOST": url.host,
+        "DAGSTER_PG_PORT": str(url.port),
+        "DAGSTER_PG_USER": url.username,
+        "DAGSTER_PG_PASSWORD": url.password or "",
+        "DAGSTER_PG_DB": url.database,
     }.items():
         monkeypatch.setenv(name, value)
-    assert main(["materialize", "--start", "2013-05-01", "--end", "2013-05-02", "--select", "raw_atmos_observations"]) == 0
+    assert (
+        main(["materialize", "--start", "2013-05-01", "--end", "2013-05-02", "--select", "raw_atmos_observations"]) == 0
+    )
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        assert instance.get_materialized_partitions(dg.AssetKey("raw_atmos_observations")) == {"2013-05-01", "2013-05-02"}
+        assert instance.get_materialized_partitions(dg.AssetKey("raw_atmos_observations")) == {
+            "2013-05-01",
+            "2013-05-02",
+        }
 
 
 # --- The real CLI (a subprocess) and the instance it shares with the UI -----------------------
@@ -83,16 +97,40 @@ CLI = str(Path(sys.executable).parent / "mlops-assets")
 
 def _run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [CLI, *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600, check=False
+        [CLI, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 
 def test_materialize_keeps_runs_events_and_checks_in_the_embedded_instance(tmp_path: Path) -> None:
     import dagster as dg
 
-    first = _run_cli("materialize", "--start", "2013-05-01", "--end", "2013-05-05", "--select", "raw_atmos_observations+", cwd=tmp_path)
+    first = _run_cli(
+        "materialize",
+        "--start",
+        "2013-05-01",
+        "--end",
+        "2013-05-05",
+        "--select",
+        "raw_atmos_observations+",
+        cwd=tmp_path,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
-    second = _run_cli("materialize", "--start", "2013-05-06", "--end", "2013-05-06", "--select", "raw_atmos_observations", cwd=tmp_path)
+    second = _run_cli(
+        "materialize",
+        "--start",
+        "2013-05-06",
+        "--end",
+        "2013-05-06",
+        "--select",
+        "raw_atmos_observations",
+        cwd=tmp_path,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     home = tmp_path / ".mlops" / "dagster"
     assert "telemetry" in (home / "dagster.yaml").read_text()
@@ -111,14 +149,19 @@ def test_materialize_keeps_runs_events_and_checks_in_the_embedded_instance(tmp_p
         assert metadata["dagster/row_count"].value == 120
         assert "data:image/png;base64," in metadata["plot"].value  # the plot the UI shows
         logs = instance.all_logs(first_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-        checks = {entry.dagster_event.event_specific_data.check_name: entry.dagster_event.event_specific_data.passed for entry in logs}
+        checks = {
+            entry.dagster_event.event_specific_data.check_name: entry.dagster_event.event_specific_data.passed
+            for entry in logs
+        }
         assert checks == dict.fromkeys(
             ["schema", "one_row_per_hour", "physical_ranges", "missing_rate", "freshness", "drift"], True
         )
         planned = instance.all_logs(first_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
-        assert {entry.dagster_event.partition for entry in planned if entry.dagster_event.asset_key.path == ["raw_atmos_observations"]} == {
-            f"2013-05-0{day}" for day in range(1, 6)
-        }
+        assert {
+            entry.dagster_event.partition
+            for entry in planned
+            if entry.dagster_event.asset_key.path == ["raw_atmos_observations"]
+        } == {f"2013-05-0{day}" for day in range(1, 6)}
 
 
 def test_materialize_uses_dagster_home_when_it_is_set(tmp_path: Path) -> None:
@@ -127,8 +170,15 @@ def test_materialize_uses_dagster_home_when_it_is_set(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     done = _run_cli(
-        "materialize", "--start", "2013-05-01", "--end", "2013-05-01", "--select", "raw_atmos_observations",
-        cwd=tmp_path, env={"DAGSTER_HOME": str(home)},
+        "materialize",
+        "--start",
+        "2013-05-01",
+        "--end",
+        "2013-05-01",
+        "--select",
+        "raw_atmos_observations",
+        cwd=tmp_path,
+        env={"DAGSTER_HOME": str(home)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert not (tmp_path / ".mlops" / "dagster").exists()
@@ -136,12 +186,16 @@ def test_materialize_uses_dagster_home_when_it_is_set(tmp_path: Path) -> None:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert instance.get_materialized_partitions(dg.AssetKey("raw_atmos_observations")) == {"2013-05-01"}
 
-    missing = _run_cli("materialize", "--select", "group:insurance", cwd=tmp_path, env={"DAGSTER_HOME": str(tmp_path / "nope")})
+    missing = _run_cli(
+        "materialize", "--select", "group:insurance", cwd=tmp_path, env={"DAGSTER_HOME": str(tmp_path / "nope")}
+    )
     assert missing.returncode == 2
     assert "is not a directory" in missing.stderr
 
 
-def test_the_summary_reports_rejected_policy_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_summary_reports_rejected_policy_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     policies = tmp_path / "policies.csv"
     policies.write_text(
         "age,sex,bmi,children,smoker,region,charges\n"
@@ -177,7 +231,10 @@ def test_the_printed_prefix_runs(tmp_path: Path) -> None:
     """The prefix the real CLI computes for itself starts the CLI from the same folder."""
     prefix = subprocess.run(
         [sys.executable, "-c", "from mlops_assets.cli import command_prefix; print(command_prefix())"],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     done = subprocess.run([*shlex.split(prefix), "--help"], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert done.returncode == 0 and "materialize" in done.stdout
@@ -192,7 +249,9 @@ def daily(context) -> dg.MaterializeResult:  # type: ignore[no-untyped-def]  # a
     """A partitioned asset with a check; fails when the run is tagged `fail`."""
     if "fail" in context.run.tags:
         raise RuntimeError("planned, then failed")
-    return dg.MaterializeResult(metadata={"n": len(context.partition_keys)}, check_results=[dg.AssetCheckResult(passed=True)])
+    return dg.MaterializeResult(
+        metadata={"n": len(context.partition_keys)}, check_results=[dg.AssetCheckResult(passed=True)]
+    )
 
 
 def test_batched_event_writes_keep_dagster_s_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,7 +263,8 @@ def test_batched_event_writes_keep_dagster_s_records(tmp_path: Path, monkeypatch
     batches: list[int] = []
     original = BatchingSqliteEventLogStorage._store_run_batch
     monkeypatch.setattr(
-        BatchingSqliteEventLogStorage, "_store_run_batch",
+        BatchingSqliteEventLogStorage,
+        "_store_run_batch",
         lambda self, events: (batches.append(len(events)), original(self, events))[1],
     )
     monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
@@ -216,7 +276,9 @@ def test_batched_event_writes_keep_dagster_s_records(tmp_path: Path, monkeypatch
     def observed(instance: dg.DagsterInstance) -> tuple[object, ...]:
         key = dg.AssetKey("daily")
         record = instance.get_asset_records([key])[0].asset_entry
-        attempts = instance.event_log_storage.get_latest_asset_partition_materialization_attempts_without_materializations(key)
+        attempts = (
+            instance.event_log_storage.get_latest_asset_partition_materialization_attempts_without_materializations(key)
+        )
         return (
             sorted(instance.get_materialized_partitions(key)),
             record.last_materialization_record.partition_key if record.last_materialization_record else None,
@@ -236,6 +298,9 @@ def test_batched_event_writes_keep_dagster_s_records(tmp_path: Path, monkeypatch
             results.append(observed(instance))
     assert results[0] == results[1]
     assert results[0] == (
-        [f"2024-01-0{day}" for day in range(1, 6)], "2024-01-05", [f"2024-01-0{day}" for day in range(4, 9)], 5
+        [f"2024-01-0{day}" for day in range(1, 6)],
+        "2024-01-05",
+        [f"2024-01-0{day}" for day in range(4, 9)],
+        5,
     )
     assert batches and max(batches) >= 5  # the planned events and the materializations went as batches

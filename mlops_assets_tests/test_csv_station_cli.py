@@ -23,8 +23,18 @@ CLI = Path(sys.executable).parent / "mlops-assets"
 HOUR = dt.timedelta(hours=1)
 #: Variables the conftest clears in-process; a subprocess gets a clean copy of the environment too.
 _CLEARED = (
-    "ATMOS_SOURCE", "ATMOS_STATION", "ATMOS_CSV_PATH", "ATMOS_TIMEZONE", "ATMOS_CSV_COLUMNS", "KMA_SERVICE_KEY",
-    "KMA_ASOS_ENDPOINT", "WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "DAGSTER_HOME", "INSURANCE_CSV_PATH",
+    "ATMOS_SOURCE",
+    "ATMOS_STATION",
+    "ATMOS_CSV_PATH",
+    "ATMOS_TIMEZONE",
+    "ATMOS_CSV_COLUMNS",
+    "KMA_SERVICE_KEY",
+    "KMA_ASOS_ENDPOINT",
+    "WAREHOUSE_URL",
+    "MLFLOW_TRACKING_URI",
+    "RAY_ADDRESS",
+    "DAGSTER_HOME",
+    "INSURANCE_CSV_PATH",
 )
 
 
@@ -60,7 +70,10 @@ def hourly(zone: ZoneInfo, first_day: dt.date, last_day: dt.date) -> list[dt.dat
 
 CHICAGO = ZoneInfo("America/Chicago")
 #: The two DST weekends of 2016 in Chicago: 23 and 25 local hours on the 13th and the 6th.
-DST_WEEKENDS = [*hourly(CHICAGO, dt.date(2016, 3, 12), dt.date(2016, 3, 14)), *hourly(CHICAGO, dt.date(2016, 11, 5), dt.date(2016, 11, 7))]
+DST_WEEKENDS = [
+    *hourly(CHICAGO, dt.date(2016, 3, 12), dt.date(2016, 3, 14)),
+    *hourly(CHICAGO, dt.date(2016, 11, 5), dt.date(2016, 11, 7)),
+]
 
 
 def test_iso_times_with_offsets_that_change_at_dst(tmp_path: Path) -> None:
@@ -108,14 +121,22 @@ def test_mapped_columns_and_an_unnamed_index_column(tmp_path: Path) -> None:
     csv_path = tmp_path / "export.csv"
     exported.to_csv(csv_path)  # pandas writes the unnamed index column first
     result = run_cli(
-        tmp_path, csv_path, "2019-03-30", "2019-03-31",
-        ATMOS_TIMEZONE="Europe/London", ATMOS_CSV_COLUMNS="time=Date,tmp=Temperature,rh=Humidity", ATMOS_STATION="garden",
+        tmp_path,
+        csv_path,
+        "2019-03-30",
+        "2019-03-31",
+        ATMOS_TIMEZONE="Europe/London",
+        ATMOS_CSV_COLUMNS="time=Date,tmp=Temperature,rh=Humidity",
+        ATMOS_STATION="garden",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = stored(tmp_path, "garden")
     assert len(rows) == 24 + 23
     assert list(rows["time"]) == [pd.Timestamp(t) for t in instants]
-    assert rows["tmp"].tolist() == exported["Temperature"].tolist() and rows["rh"].tolist() == exported["Humidity"].tolist()
+    assert (
+        rows["tmp"].tolist() == exported["Temperature"].tolist()
+        and rows["rh"].tolist() == exported["Humidity"].tolist()
+    )
 
 
 def test_a_bad_time_fails_once_names_file_line_and_value_and_writes_nothing(tmp_path: Path) -> None:
@@ -140,7 +161,9 @@ def test_a_bad_time_fails_once_names_file_line_and_value_and_writes_nothing(tmp_
 def test_a_bad_column_mapping_fails_with_the_reason(tmp_path: Path) -> None:
     csv_path = tmp_path / "station.csv"
     csv_path.write_text("Date,Temperature\n2016-07-04 12:00,30.1\n")
-    result = run_cli(tmp_path, csv_path, "2016-07-04", "2016-07-04", ATMOS_CSV_COLUMNS="time=Date,temperature=Temperature")
+    result = run_cli(
+        tmp_path, csv_path, "2016-07-04", "2016-07-04", ATMOS_CSV_COLUMNS="time=Date,temperature=Temperature"
+    )
     assert result.returncode != 0
     assert "ATMOS_CSV_COLUMNS: 'temperature' is not one of our columns" in result.stderr
     assert "STEP_UP_FOR_RETRY" not in result.stderr

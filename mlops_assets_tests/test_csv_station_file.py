@@ -45,7 +45,7 @@ def _no_mapping_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- histories and how people write them ------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def offset_changes(zone_name: str, year: int) -> tuple[dt.datetime, ...]:
     """UTC hours at which the zone's offset changes during `year` (DST on and off)."""
     zone = ZoneInfo(zone_name)
@@ -73,7 +73,9 @@ def first_of_repeated(instant: dt.datetime, zone: ZoneInfo) -> dt.datetime:
     return wall.replace(tzinfo=zone).astimezone(UTC)
 
 
-def render(instant: dt.datetime, zone: ZoneInfo, shape: str, separator: str, seconds: bool, compact_offset: bool) -> str:
+def render(
+    instant: dt.datetime, zone: ZoneInfo, shape: str, separator: str, seconds: bool, compact_offset: bool
+) -> str:
     """`instant` as an exporting tool would write it in `shape` (offset, Z or naive local)."""
     shown = instant.astimezone(UTC if shape == "z" else zone)
     text = shown.strftime(f"%Y-%m-%d{separator}%H:%M" + (":%S" if seconds else ""))
@@ -117,9 +119,15 @@ def station_files(draw: st.DrawFn) -> dict:
     }
 
 
-header_names = st.text(
-    alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters=" ()°_-/"), min_size=1, max_size=20
-).map(str.strip).filter(bool)
+header_names = (
+    st.text(
+        alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters=" ()°_-/"),
+        min_size=1,
+        max_size=20,
+    )
+    .map(str.strip)
+    .filter(bool)
+)
 
 
 @settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -133,7 +141,9 @@ def test_times_in_every_shape_become_the_true_utc_instants(history: dict, names:
             writer = csv.writer(handle)
             writer.writerow(([""] if history["index_column"] else []) + [time_name, tmp_name])
             for number, instant in enumerate(history["instants"]):
-                text = render(instant, zone, history["shape"], history["separator"], history["seconds"], history["compact_offset"])
+                text = render(
+                    instant, zone, history["shape"], history["separator"], history["seconds"], history["compact_offset"]
+                )
                 writer.writerow(([str(number)] if history["index_column"] else []) + [text, instant.timestamp() / 3600])
         frame = read_observations_csv(path, "home", history["zone"], {"time": time_name, "tmp": tmp_name})
     expected = sorted(history["instants"])
@@ -160,7 +170,9 @@ def test_a_full_naive_local_year_keeps_every_hour_once(zone_name: str, year: int
 
 def test_the_mapping_reads_ours_equals_theirs() -> None:
     assert parse_column_mapping("time=Date, tmp = Temperature (°C),rh=Humidity,") == {
-        "time": "Date", "tmp": "Temperature (°C)", "rh": "Humidity",
+        "time": "Date",
+        "tmp": "Temperature (°C)",
+        "rh": "Humidity",
     }
     assert parse_column_mapping("") == {}
 
@@ -184,13 +196,22 @@ def test_a_bad_mapping_is_a_clear_error(text: str, message: str) -> None:
 def test_mapped_columns_and_the_pandas_index_column_are_read(tmp_path: Path) -> None:
     times = pd.date_range("2024-01-01 00:00", periods=3, freq="h")
     exported = pd.DataFrame(
-        {"Date": times.strftime("%Y-%m-%d %H:%M"), "Temperature": [1.5, 2.0, 2.5], "Humidity": [80, 81, 82], "Notes": ["a", "b", "c"]}
+        {
+            "Date": times.strftime("%Y-%m-%d %H:%M"),
+            "Temperature": [1.5, 2.0, 2.5],
+            "Humidity": [80, 81, 82],
+            "Notes": ["a", "b", "c"],
+        }
     )
     path = tmp_path / "export.csv"
     exported.to_csv(path)  # writes the unnamed index column first
     assert path.read_text().splitlines()[0] == ",Date,Temperature,Humidity,Notes"
     frame = read_observations_csv(path, "home", "Asia/Seoul", "time=Date,tmp=Temperature,rh=Humidity")
-    assert [str(t) for t in frame["time"]] == ["2023-12-31 15:00:00+00:00", "2023-12-31 16:00:00+00:00", "2023-12-31 17:00:00+00:00"]
+    assert [str(t) for t in frame["time"]] == [
+        "2023-12-31 15:00:00+00:00",
+        "2023-12-31 16:00:00+00:00",
+        "2023-12-31 17:00:00+00:00",
+    ]
     assert frame["tmp"].tolist() == [1.5, 2.0, 2.5] and frame["rh"].tolist() == [80, 81, 82]
     assert frame["td"].isna().all()
 
@@ -205,9 +226,17 @@ def test_a_column_claimed_by_the_mapping_is_not_read_under_its_own_name(tmp_path
 @pytest.mark.parametrize(
     ("content", "columns", "message"),
     [
-        ("Date,Temp\n2024-01-01 00:00,1\n", "time=Date,tmp=Temperature",
-         "column 'Temperature' (mapped to 'tmp' by ATMOS_CSV_COLUMNS) is missing; the file's columns: ['Date', 'Temp']"),
-        (",Date,tmp\n0,2024-01-01 00:00,1\n", "", "required column 'time' is missing; the file's columns: ['Unnamed: 0', 'Date', 'tmp']"),
+        (
+            "Date,Temp\n2024-01-01 00:00,1\n",
+            "time=Date,tmp=Temperature",
+            "column 'Temperature' (mapped to 'tmp' by ATMOS_CSV_COLUMNS) is missing; the file's columns: ['Date', "
+            "'Temp']",
+        ),
+        (
+            ",Date,tmp\n0,2024-01-01 00:00,1\n",
+            "",
+            "required column 'time' is missing; the file's columns: ['Unnamed: 0', 'Date', 'tmp']",
+        ),
         ("time;tmp\n2024-01-01 00:00;1\n", "", "only comma-separated files are read"),
         ("time,tmp,tmp\n2024-01-01 00:00,1,2\n", "", "column 'tmp' (our 'tmp') appears 2 times"),
     ],
@@ -227,18 +256,43 @@ def test_a_missing_column_lists_the_files_columns(tmp_path: Path, content: str, 
 @pytest.mark.parametrize(
     ("content", "timezone", "message"),
     [
-        ("time,tmp\n\n2024-01-01 00:00,1\n\n04/07/2016 13:00,2\n", "UTC", "column 'time', line 5: '04/07/2016 13:00' is not an ISO-8601"),
-        ("time,tmp\n2016-03-13 01:00,1\n2016-03-13 02:00,2\n", "America/Chicago",
-         "line 3: '2016-03-13 02:00' does not exist in America/Chicago"),
+        (
+            "time,tmp\n\n2024-01-01 00:00,1\n\n04/07/2016 13:00,2\n",
+            "UTC",
+            "column 'time', line 5: '04/07/2016 13:00' is not an ISO-8601",
+        ),
+        (
+            "time,tmp\n2016-03-13 01:00,1\n2016-03-13 02:00,2\n",
+            "America/Chicago",
+            "line 3: '2016-03-13 02:00' does not exist in America/Chicago",
+        ),
         ("time,tmp\n2016-02-30T01:00Z,1\n", "UTC", "line 2: '2016-02-30T01:00Z' is not a real date and time"),
-        ("time,tmp\n2016-01-01T01:00+25:00,1\n", "UTC", "line 2: '2016-01-01T01:00+25:00' has an impossible UTC offset"),
+        (
+            "time,tmp\n2016-01-01T01:00+25:00,1\n",
+            "UTC",
+            "line 2: '2016-01-01T01:00+25:00' has an impossible UTC offset",
+        ),
         ("time,tmp\n2016-01-01 01:00,1\n,2\n", "UTC", "line 3: '' is empty"),
-        ('time,tmp,note\n2016-01-01 01:00,1,"two\nlines"\n2016-01-01 02:00,warm,x\n', "UTC", "column 'tmp', line 4: 'warm' is not a number"),
+        (
+            'time,tmp,note\n2016-01-01 01:00,1,"two\nlines"\n2016-01-01 02:00,warm,x\n',
+            "UTC",
+            "column 'tmp', line 4: 'warm' is not a number",
+        ),
         ("time,tmp\n2016-01-01 01:00,1,extra\n", "UTC", "line 2 has 3 fields, the header has 2"),
         ("", "UTC", "the file is empty"),
         ("time,tmp\n", "UTC", "the file has a header but no rows"),
     ],
-    ids=["not-iso", "spring-forward", "no-such-day", "bad-offset", "empty-time", "multiline-field", "extra-field", "empty", "no-rows"],
+    ids=[
+        "not-iso",
+        "spring-forward",
+        "no-such-day",
+        "bad-offset",
+        "empty-time",
+        "multiline-field",
+        "extra-field",
+        "empty",
+        "no-rows",
+    ],
 )
 def test_an_unreadable_row_names_file_line_and_value(tmp_path: Path, content: str, timezone: str, message: str) -> None:
     path = tmp_path / "station.csv"
@@ -309,8 +363,11 @@ def test_a_bad_mapping_fails_the_step_once_without_retries(tmp_path: Path) -> No
     source = CsvObservationSource(path=str(path), columns="temperature=tmp")
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [raw_atmos_observations], resources={"source": source, "warehouse": warehouse}, instance=instance,
-            partition_key="2024-01-01", raise_on_error=False,
+            [raw_atmos_observations],
+            resources={"source": source, "warehouse": warehouse},
+            instance=instance,
+            partition_key="2024-01-01",
+            raise_on_error=False,
         )
     assert not result.success
     failure = next(event for event in result.all_events if event.is_step_failure).step_failure_data.error.message

@@ -12,7 +12,13 @@ def test_defs_load_with_the_embedded_defaults() -> None:
     definitions = defs()
     assert isinstance(definitions, dg.Definitions)
     keys = {key.to_user_string() for key in definitions.resolve_asset_graph().get_all_asset_keys()}
-    assert {"raw_atmos_observations", "atmos_features", "atmos_training_windows", "atmos_tuned_model", "atmos_champion_model"} <= keys
+    assert {
+        "raw_atmos_observations",
+        "atmos_features",
+        "atmos_training_windows",
+        "atmos_tuned_model",
+        "atmos_champion_model",
+    } <= keys
     schedule = definitions.resolve_schedule_def("atmos_ingestion_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED  # sample data does not change
     definitions.resolve_all_job_defs()
@@ -22,7 +28,9 @@ def test_the_kma_source_turns_the_ingestion_schedule_on(monkeypatch: pytest.Monk
     monkeypatch.setenv("ATMOS_SOURCE", "kma")
     monkeypatch.setenv("KMA_SERVICE_KEY", "secret-key")
     definitions = defs()
-    assert definitions.resolve_schedule_def("atmos_ingestion_schedule").default_status == dg.DefaultScheduleStatus.RUNNING
+    assert (
+        definitions.resolve_schedule_def("atmos_ingestion_schedule").default_status == dg.DefaultScheduleStatus.RUNNING
+    )
     source = definitions.resources["source"]
     assert "secret-key" not in repr(source.service_key)  # an EnvVar, resolved when a run starts
 

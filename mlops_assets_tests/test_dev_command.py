@@ -57,7 +57,11 @@ def _alive(pid: int) -> bool:
 def test_dev_serves_the_cli_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     done = subprocess.run(
         [CLI, "materialize", "--start", "2013-05-01", "--end", "2013-05-02", "--select", "raw_atmos_observations"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     run_id = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("run "))
@@ -75,7 +79,9 @@ def test_dev_serves_the_cli_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) ->
                     break
             except requests.RequestException:
                 pass
-            assert dev.poll() is None, f"mlops-assets dev exited with {dev.returncode}: {(tmp_path / 'dev.log').read_text()[-3000:]}"
+            assert dev.poll() is None, (
+                f"mlops-assets dev exited with {dev.returncode}: {(tmp_path / 'dev.log').read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, "the webserver did not answer within 180 s"
             time.sleep(0.5)
         answer = requests.post(f"{base}/graphql", json={"query": RUNS_QUERY}, timeout=30).json()

@@ -49,15 +49,22 @@ def _forced(config: dict[str, object]) -> dg.RunConfig:
     return dg.RunConfig(ops={"digits_tuned_model": {"config": {"fixed_config": json.dumps(config)}}})
 
 
-def test_search_promotes_then_worse_challengers_are_rejected(tmp_path: Path, mlflow_uri: str, instance: dg.DagsterInstance) -> None:
+def test_search_promotes_then_worse_challengers_are_rejected(
+    tmp_path: Path, mlflow_uri: str, instance: dg.DagsterInstance
+) -> None:
     resources = _resources(tmp_path, mlflow_uri)
     client = mlflow.MlflowClient(mlflow_uri)
 
-    searched = dg.materialize([digit_images, digits_tuned_model, digits_tuned_model_beats_baselines], resources=resources, instance=instance)
+    searched = dg.materialize(
+        [digit_images, digits_tuned_model, digits_tuned_model_beats_baselines], resources=resources, instance=instance
+    )
     tuned = searched.output_for_node("digits_tuned_model")
     # The champion step runs later, in another run: it finds the tuned model in MLflow, not in memory.
     first = dg.materialize(
-        [digits_tuned_model, digits_champion_model], selection=[digits_champion_model], resources=resources, instance=instance
+        [digits_tuned_model, digits_champion_model],
+        selection=[digits_champion_model],
+        resources=resources,
+        instance=instance,
     )
     assert tuned.metric == "test_error_rate" and tuned.trials == 4
     assert TunedModel.from_dict(json.loads(json.dumps(tuned.to_dict()))) == tuned  # what the MLflow I/O manager stores
@@ -103,11 +110,17 @@ def test_search_promotes_then_worse_challengers_are_rejected(tmp_path: Path, mlf
     assert str(client.get_model_version_by_alias(DIGITS_MODEL_NAME, "champion").version) == "1"
 
 
-def test_a_bad_fixed_config_fails_before_training(tmp_path: Path, mlflow_uri: str, instance: dg.DagsterInstance) -> None:
+def test_a_bad_fixed_config_fails_before_training(
+    tmp_path: Path, mlflow_uri: str, instance: dg.DagsterInstance
+) -> None:
     resources = _resources(tmp_path, mlflow_uri)
     dg.materialize([digit_images], resources=resources, instance=instance)
     result = dg.materialize(
-        [digits_tuned_model], resources=resources, instance=instance, run_config=_forced({"family": "svc", "gamma": 3}), raise_on_error=False
+        [digits_tuned_model],
+        resources=resources,
+        instance=instance,
+        run_config=_forced({"family": "svc", "gamma": 3}),
+        raise_on_error=False,
     )
     failure = next(event for event in result.all_events if event.is_step_failure)
     assert "unknown digits hyperparameters ['gamma']" in failure.step_failure_data.error.message

@@ -19,7 +19,12 @@ def healthy() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     daily = 5 * np.sin(2 * np.pi * np.arange(len(hours)) / 24)
     raw = pd.DataFrame(
-        {"station": "S", "time": hours, "tmp": 10 + daily + rng.normal(0, 1, len(hours)), "rh": 60 + rng.normal(0, 5, len(hours))}
+        {
+            "station": "S",
+            "time": hours,
+            "tmp": 10 + daily + rng.normal(0, 1, len(hours)),
+            "rh": 60 + rng.normal(0, 5, len(hours)),
+        }
     )
     cleaned, _ = clean_observations(conform(raw))
     return cleaned

@@ -8,6 +8,7 @@ index column pandas writes), ingested and trained with `mlops-assets materialize
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import signal
 import subprocess
@@ -24,9 +25,20 @@ from mlops_assets.atmos.source import load_sample_observations
 CLI = Path(sys.executable).parent / "mlops-assets"
 ZONE = "America/New_York"
 _CLEARED = (
-    "ATMOS_SOURCE", "ATMOS_STATION", "ATMOS_CSV_PATH", "ATMOS_TIMEZONE", "ATMOS_CSV_COLUMNS", "KMA_SERVICE_KEY",
-    "KMA_ASOS_ENDPOINT", "WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "DAGSTER_HOME", "INSURANCE_CSV_PATH",
-    "SERVING_MODELS", "TUNING_NUM_SAMPLES",
+    "ATMOS_SOURCE",
+    "ATMOS_STATION",
+    "ATMOS_CSV_PATH",
+    "ATMOS_TIMEZONE",
+    "ATMOS_CSV_COLUMNS",
+    "KMA_SERVICE_KEY",
+    "KMA_ASOS_ENDPOINT",
+    "WAREHOUSE_URL",
+    "MLFLOW_TRACKING_URI",
+    "RAY_ADDRESS",
+    "DAGSTER_HOME",
+    "INSURANCE_CSV_PATH",
+    "SERVING_MODELS",
+    "TUNING_NUM_SAMPLES",
 )
 
 
@@ -70,7 +82,11 @@ def test_own_station_file_to_a_forecast_with_the_bare_list(tmp_path: Path) -> No
     )
     trained = subprocess.run(
         [str(CLI), "materialize", "--start", "2013-01-01", "--end", "2013-06-30", "--select", "group:atmos"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "atmos_temperature: promoted v1" in trained.stdout, trained.stdout[-3000:]
@@ -78,7 +94,11 @@ def test_own_station_file_to_a_forecast_with_the_bare_list(tmp_path: Path) -> No
     port = _free_port()
     server = subprocess.Popen(
         [str(CLI), "serve", "--port", str(port), "--workers", "1"],  # every model configured; only one has a champion
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -106,7 +126,7 @@ def test_own_station_file_to_a_forecast_with_the_bare_list(tmp_path: Path) -> No
         hours = [pd.Timestamp(text) for text in body["hours"]]
         assert all(hour.tzinfo is not None for hour in hours)
         assert hours[0] - dt.timedelta(hours=1) in (before, after)  # the window ends at the latest whole UTC hour
-        assert [b - a for a, b in zip(hours, hours[1:])] == [dt.timedelta(hours=1)] * 23
+        assert [b - a for a, b in itertools.pairwise(hours)] == [dt.timedelta(hours=1)] * 23
         assert body["model"]["version"] in ("1", 1)
     finally:
         server.send_signal(signal.SIGTERM)

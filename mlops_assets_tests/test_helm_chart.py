@@ -69,7 +69,7 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def render_text(*args: str) -> str:
     result = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
     assert result.returncode == 0, result.stderr
@@ -396,12 +396,26 @@ def test_dagster_yaml_accepted_by_dagster(default_docs: list[dict[str, Any]], tm
     from dagster._config import process_config
     from dagster._core.instance.config import dagster_instance_config
 
-    (tmp_path / "dagster.yaml").write_text(find(default_docs, "ConfigMap", f"{FULLNAME}-dagster-instance")["data"]["dagster.yaml"])
-    for name, value in {"DAGSTER_PG_HOST": "db", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USER": "u",
-                        "DAGSTER_PG_PASSWORD": "p", "DAGSTER_PG_DB": "dagster"}.items():
+    (tmp_path / "dagster.yaml").write_text(
+        find(default_docs, "ConfigMap", f"{FULLNAME}-dagster-instance")["data"]["dagster.yaml"]
+    )
+    for name, value in {
+        "DAGSTER_PG_HOST": "db",
+        "DAGSTER_PG_PORT": "5432",
+        "DAGSTER_PG_USER": "u",
+        "DAGSTER_PG_PASSWORD": "p",
+        "DAGSTER_PG_DB": "dagster",
+    }.items():
         monkeypatch.setenv(name, value)
     config, _ = dagster_instance_config(str(tmp_path))
-    for key in ("run_storage", "event_log_storage", "schedule_storage", "run_coordinator", "compute_logs", "run_launcher"):
+    for key in (
+        "run_storage",
+        "event_log_storage",
+        "schedule_storage",
+        "run_coordinator",
+        "compute_logs",
+        "run_launcher",
+    ):
         module = config[key]["module"]
         if module == "dagster_k8s" and importlib.util.find_spec("dagster_k8s") is None:
             continue  # covered by test_run_pod_built_by_dagster_k8s, which says why it skips
@@ -460,14 +474,23 @@ def test_run_pod_built_by_dagster_k8s(variant: tuple[str, list[dict[str, Any]]])
 
 
 def test_workspace_points_at_the_code_server(default_docs: list[dict[str, Any]]) -> None:
-    workspace = yaml.safe_load(find(default_docs, "ConfigMap", f"{FULLNAME}-dagster-workspace")["data"]["workspace.yaml"])
+    workspace = yaml.safe_load(
+        find(default_docs, "ConfigMap", f"{FULLNAME}-dagster-workspace")["data"]["workspace.yaml"]
+    )
     (entry,) = workspace["load_from"]
     assert entry["grpc_server"] == {"host": f"{FULLNAME}-dagster-code", "port": 4000, "location_name": "mlops_assets"}
     service = find(default_docs, "Service", f"{FULLNAME}-dagster-code")
     assert service["spec"]["ports"][0]["port"] == 4000
     code = find(default_docs, "Deployment", f"{FULLNAME}-dagster-code")["spec"]["template"]["spec"]["containers"][0]
-    assert code["args"][:7] == ["python3", "/opt/mlops/scripts/with_db_urls.py", "dagster", "api", "grpc",
-                                "--module-name", "mlops_assets.definitions"]
+    assert code["args"][:7] == [
+        "python3",
+        "/opt/mlops/scripts/with_db_urls.py",
+        "dagster",
+        "api",
+        "grpc",
+        "--module-name",
+        "mlops_assets.definitions",
+    ]
     assert code["args"][7:11] == ["--host", "0.0.0.0", "--port", "4000"]
     assert env_of(code)["DAGSTER_CURRENT_IMAGE"]["value"] == code["image"]  # the runs' image
     app_env = find(default_docs, "ConfigMap", f"{FULLNAME}-app-env")["data"]
@@ -476,8 +499,15 @@ def test_workspace_points_at_the_code_server(default_docs: list[dict[str, Any]])
     assert app_env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert app_env["WAREHOUSE_DB_NAME"] == "warehouse"
     webserver = find(default_docs, "Deployment", f"{FULLNAME}-dagster-webserver")["spec"]["template"]["spec"]
-    assert webserver["containers"][0]["args"] == ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w",
-                                                  "/opt/dagster/workspace.yaml"]
+    assert webserver["containers"][0]["args"] == [
+        "dagster-webserver",
+        "-h",
+        "0.0.0.0",
+        "-p",
+        "3000",
+        "-w",
+        "/opt/dagster/workspace.yaml",
+    ]
     daemon = find(default_docs, "Deployment", f"{FULLNAME}-dagster-daemon")
     assert daemon["spec"]["replicas"] == 1 and daemon["spec"]["strategy"]["type"] == "Recreate"
     assert daemon["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["dagster-daemon", "run"]
@@ -491,15 +521,23 @@ def test_mlflow_backend_store_built_from_secret_env(variant: tuple[str, list[dic
     deployment = find(docs, "Deployment", f"{FULLNAME}-mlflow")
     (c,) = deployment["spec"]["template"]["spec"]["containers"]
     env = env_of(c)
-    assert env["MLFLOW_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlops-assets-postgres", "key": "password"}
+    assert env["MLFLOW_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlops-assets-postgres",
+        "key": "password",
+    }
     assert env["MLFLOW_DB_NAME"]["value"] == "mlflow"
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
     assert "MLFLOW_BACKEND_STORE_URI" not in env  # composed in the container, never in the spec
     assert c["args"][:2] == ["python3", "/opt/mlops/scripts/with_db_urls.py"]
     command = c["args"][-1]
     assert c["args"][2:4] == ["sh", "-c"] and command.startswith("exec mlflow server")
-    for flag in ('--backend-store-uri "$MLFLOW_BACKEND_STORE_URI"', "--serve-artifacts", "--host 0.0.0.0",
-                 '--artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION"', '--allowed-hosts "$MLFLOW_ALLOWED_HOSTS"'):
+    for flag in (
+        '--backend-store-uri "$MLFLOW_BACKEND_STORE_URI"',
+        "--serve-artifacts",
+        "--host 0.0.0.0",
+        '--artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION"',
+        '--allowed-hosts "$MLFLOW_ALLOWED_HOSTS"',
+    ):
         assert flag in command
     hosts = env["MLFLOW_ALLOWED_HOSTS"]["value"].split(",")
     assert f"{FULLNAME}-mlflow.{NAMESPACE}.svc.cluster.local:*" in hosts and "localhost:*" in hosts
@@ -528,7 +566,7 @@ def test_serving_deployment_probes_and_env(variant: tuple[str, list[dict[str, An
     (c,) = spec["containers"]
     # Wrapped by the URL-composing start script (test_helm_serving_log.py checks the wiring).
     assert c["args"][:4] == ["python3", "/opt/mlops/scripts/with_db_urls.py", "mlops-assets", "serve"]
-    args = dict(zip(c["args"][4::2], c["args"][5::2]))
+    args = dict(zip(c["args"][4::2], c["args"][5::2], strict=True))
     assert args == {"--host": "0.0.0.0", "--port": "8000", "--workers": "1" if name == "default" else "2"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
@@ -557,7 +595,11 @@ def test_hpa_and_pdb_target_the_serving_deployment(variant: tuple[str, list[dict
     deployment = find(docs, "Deployment", f"{FULLNAME}-serving")
     hpa = find(docs, "HorizontalPodAutoscaler", f"{FULLNAME}-serving")
     assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     metrics = {m["resource"]["name"] for m in hpa["spec"]["metrics"]}
     assert metrics == ({"cpu"} if name == "default" else {"cpu", "memory"})
@@ -639,10 +681,21 @@ def test_ray_address_absent_or_external(default_docs: list[dict[str, Any]]) -> N
     ("sets", "absent", "present"),
     [
         (("serving.enabled=false",), {f"{FULLNAME}-serving"}, {f"{FULLNAME}-dagster-code"}),
-        (("dagster.enabled=false",), {f"{FULLNAME}-dagster-code", f"{FULLNAME}-dagster-webserver",
-                                      f"{FULLNAME}-dagster-daemon", f"{FULLNAME}-run-launcher"}, {f"{FULLNAME}-serving"}),
-        (("dagster.webserver.enabled=false", "dagster.daemon.enabled=false"),
-         {f"{FULLNAME}-dagster-webserver", f"{FULLNAME}-dagster-daemon"}, {f"{FULLNAME}-dagster-code"}),
+        (
+            ("dagster.enabled=false",),
+            {
+                f"{FULLNAME}-dagster-code",
+                f"{FULLNAME}-dagster-webserver",
+                f"{FULLNAME}-dagster-daemon",
+                f"{FULLNAME}-run-launcher",
+            },
+            {f"{FULLNAME}-serving"},
+        ),
+        (
+            ("dagster.webserver.enabled=false", "dagster.daemon.enabled=false"),
+            {f"{FULLNAME}-dagster-webserver", f"{FULLNAME}-dagster-daemon"},
+            {f"{FULLNAME}-dagster-code"},
+        ),
         (("networkPolicy.enabled=false",), {f"{FULLNAME}-run"}, {f"{FULLNAME}-serving"}),
         (("postgresql.enabled=true",), set(), {f"{FULLNAME}-postgresql"}),
     ],
@@ -736,7 +789,10 @@ def _run_script(env: dict[str, str], variable: str) -> str:
     base = {"PATH": os.environ.get("PATH", ""), "SYSTEMROOT": os.environ.get("SYSTEMROOT", "")}
     result = subprocess.run(
         [sys.executable, str(_script_from_chart()), sys.executable, "-c", code],
-        env={**base, **env}, capture_output=True, text=True, timeout=60,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
@@ -746,16 +802,30 @@ def test_with_db_urls_composes_and_quotes() -> None:
     import sqlalchemy as sa
 
     password = "p@ss:w/rd?#%"
-    env = {"WAREHOUSE_DB_HOST": "db.example", "WAREHOUSE_DB_PORT": "6432", "WAREHOUSE_DB_USER": "mlops",
-           "WAREHOUSE_DB_PASSWORD": password, "WAREHOUSE_DB_NAME": "warehouse", "WAREHOUSE_DB_PARAMS": "sslmode=require"}
+    env = {
+        "WAREHOUSE_DB_HOST": "db.example",
+        "WAREHOUSE_DB_PORT": "6432",
+        "WAREHOUSE_DB_USER": "mlops",
+        "WAREHOUSE_DB_PASSWORD": password,
+        "WAREHOUSE_DB_NAME": "warehouse",
+        "WAREHOUSE_DB_PARAMS": "sslmode=require",
+    }
     url = _run_script(env, "WAREHOUSE_URL")
     assert url.startswith("postgresql+psycopg2://mlops:") and url.endswith("@db.example:6432/warehouse?sslmode=require")
     parsed = sa.make_url(url)
     assert (parsed.drivername, parsed.username, parsed.password, parsed.host, parsed.port, parsed.database) == (
-        "postgresql+psycopg2", "mlops", password, "db.example", 6432, "warehouse")
+        "postgresql+psycopg2",
+        "mlops",
+        password,
+        "db.example",
+        6432,
+        "warehouse",
+    )
     assert parsed.query == {"sslmode": "require"}
-    mlflow = _run_script({"MLFLOW_DB_HOST": "pg", "MLFLOW_DB_USER": "u", "MLFLOW_DB_PASSWORD": "x", "MLFLOW_DB_NAME": "mlflow"},
-                         "MLFLOW_BACKEND_STORE_URI")
+    mlflow = _run_script(
+        {"MLFLOW_DB_HOST": "pg", "MLFLOW_DB_USER": "u", "MLFLOW_DB_PASSWORD": "x", "MLFLOW_DB_NAME": "mlflow"},
+        "MLFLOW_BACKEND_STORE_URI",
+    )
     assert mlflow == "postgresql+psycopg2://u:x@pg:5432/mlflow"
     # A URL given whole (e.g. from its own Secret) wins; nothing is composed without a host.
     assert _run_script({**env, "WAREHOUSE_URL": "sqlite:///x.db"}, "WAREHOUSE_URL") == "sqlite:///x.db"
@@ -770,13 +840,18 @@ def test_shipped_script_is_the_tested_one(default_docs: list[dict[str, Any]]) ->
 
 # ------------------------------------------------- the rendered commands, run for real
 
+
 def _pg_server() -> dict[str, Any]:
     """host/port/user of the test PostgreSQL server (conftest's TEST_POSTGRES_URL, trust auth)."""
     import sqlalchemy as sa
 
     url = sa.make_url(os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"))
-    return {"host": url.host or "127.0.0.1", "port": url.port or 5432, "user": url.username or "postgres",
-            **({"password": url.password} if url.password else {})}
+    return {
+        "host": url.host or "127.0.0.1",
+        "port": url.port or 5432,
+        "user": url.username or "postgres",
+        **({"password": url.password} if url.password else {}),
+    }
 
 
 PG = _pg_server()
@@ -825,16 +900,24 @@ def test_rendered_mlflow_command_serves_from_postgres(
     env = {e["name"]: e.get("value", "") for e in c["env"]}
     port = _free_port()
     env.update(
-        MLFLOW_DB_HOST=PG["host"], MLFLOW_DB_PORT=str(PG["port"]), MLFLOW_DB_USER=PG["user"],
+        MLFLOW_DB_HOST=PG["host"],
+        MLFLOW_DB_PORT=str(PG["port"]),
+        MLFLOW_DB_USER=PG["user"],
         MLFLOW_DB_NAME=scratch_database,
         MLFLOW_DB_PASSWORD=PG.get("password", "not/used:with@trust"),  # a secretKeyRef in the pod
-        MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path / "artifacts"), MLFLOW_PORT=str(port), MLFLOW_WORKERS="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", HOME=str(tmp_path),
+        MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path / "artifacts"),
+        MLFLOW_PORT=str(port),
+        MLFLOW_WORKERS="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        HOME=str(tmp_path),
     )
-    args = [sys.executable if a == "python3" else str(_script_from_chart()) if a.endswith("with_db_urls.py") else a
-            for a in c["args"]]
-    server = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    args = [
+        sys.executable if a == "python3" else str(_script_from_chart()) if a.endswith("with_db_urls.py") else a
+        for a in c["args"]
+    ]
+    server = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     service_host = f"{FULLNAME}-mlflow.{NAMESPACE}.svc.cluster.local:5000"
 
     def call(path: str, host: str) -> int:
@@ -873,21 +956,28 @@ def test_rendered_mlflow_command_serves_from_postgres(
 
 @pytest.mark.postgres
 @needs_helm
-def test_rendered_dagster_storage_opens_postgres(default_docs: list[dict[str, Any]], scratch_database: str,
-                                                 monkeypatch) -> None:
+def test_rendered_dagster_storage_opens_postgres(
+    default_docs: list[dict[str, Any]], scratch_database: str, monkeypatch
+) -> None:
     """The rendered dagster.yaml storages, with the env names it uses, create Dagster's tables."""
     from dagster._serdes.config_class import ConfigurableClassData
 
     instance = dagster_yaml(default_docs)
     env = find(default_docs, "ConfigMap", f"{FULLNAME}-dagster-env")["data"]
     assert set(env) == {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_DB"}
-    for name, value in {"DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]),
-                        "DAGSTER_PG_USER": PG["user"], "DAGSTER_PG_DB": scratch_database,
-                        "DAGSTER_PG_PASSWORD": PG.get("password", "unused-with-trust")}.items():
+    for name, value in {
+        "DAGSTER_PG_HOST": PG["host"],
+        "DAGSTER_PG_PORT": str(PG["port"]),
+        "DAGSTER_PG_USER": PG["user"],
+        "DAGSTER_PG_DB": scratch_database,
+        "DAGSTER_PG_PASSWORD": PG.get("password", "unused-with-trust"),
+    }.items():
         monkeypatch.setenv(name, value)
     for key in ("run_storage", "event_log_storage", "schedule_storage"):
         block = instance[key]
-        storage = ConfigurableClassData(block["module"], block["class"], yaml.safe_dump(block["config"])).rehydrate(object)
+        storage = ConfigurableClassData(block["module"], block["class"], yaml.safe_dump(block["config"])).rehydrate(
+            object
+        )
         try:
             if key == "run_storage":
                 assert storage.get_runs() == []
@@ -910,7 +1000,7 @@ def test_dockerfile_pinned_non_root_and_complete() -> None:
     major, minor, patch = version("dagster").split(".")[:3]
     assert f'"dagster-k8s=={int(major) - 1}.{int(minor) + 16}.{patch}"' in text  # lock-step with dagster
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    assert ignore[ignore.index("*") + 1:][:4] == ["!pyproject.toml", "!README.md", "!mlops_assets/", "!serving/"]
+    assert ignore[ignore.index("*") + 1 :][:4] == ["!pyproject.toml", "!README.md", "!mlops_assets/", "!serving/"]
 
 
 # ---------------------------------------------------------------------------- checkov
@@ -921,14 +1011,20 @@ def _checkov(*args: str) -> list[dict[str, Any]]:
     env = {**os.environ, "PATH": f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run(
         [CHECKOV, *args, "--output", "json", "--compact", "--skip-download"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
     )
     assert result.returncode in (0, 1), result.stderr[-3000:]
     reports = json.loads(result.stdout)
     return reports if isinstance(reports, list) else [reports]
 
 
-@pytest.mark.skipif(CHECKOV is None, reason="checkov not found in .tools/bin or on PATH: run .ci/install_chart_tools.sh")
+@pytest.mark.skipif(
+    CHECKOV is None, reason="checkov not found in .tools/bin or on PATH: run .ci/install_chart_tools.sh"
+)
 @needs_helm
 def test_checkov_clean(tmp_path: Path) -> None:
     """No failed check on the chart (checkov's own helm render, default values), on the rendered

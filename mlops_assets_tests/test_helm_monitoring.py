@@ -226,8 +226,12 @@ PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
     },
 }
 
-ON = ("--set", "serving.monitoring.grafanaDashboard.enabled=true",
-      "--set", "serving.monitoring.prometheusRule.enabled=true")
+ON = (
+    "--set",
+    "serving.monitoring.grafanaDashboard.enabled=true",
+    "--set",
+    "serving.monitoring.prometheusRule.enabled=true",
+)
 
 
 @pytest.fixture(scope="module")
@@ -299,9 +303,15 @@ def test_dashboard_configmap_is_labelled_for_the_grafana_sidecar(all_on: list[di
     # The dashboard is the file in the chart, byte for byte.
     assert cm["data"][DASHBOARD_KEY] == (CHART / "files" / "dashboards" / "serving.json").read_text().rstrip("\n")
     # Label, value and namespace follow the values (a sidecar that watches Grafana's namespace only).
-    docs = render(*ON, "--set", "serving.monitoring.grafanaDashboard.namespace=monitoring",
-                  "--set", "serving.monitoring.grafanaDashboard.label=grafana.io/dashboard",
-                  "--set-string", "serving.monitoring.grafanaDashboard.labelValue=mlops")
+    docs = render(
+        *ON,
+        "--set",
+        "serving.monitoring.grafanaDashboard.namespace=monitoring",
+        "--set",
+        "serving.monitoring.grafanaDashboard.label=grafana.io/dashboard",
+        "--set-string",
+        "serving.monitoring.grafanaDashboard.labelValue=mlops",
+    )
     cm = find(docs, "ConfigMap", DASHBOARD_CM)
     assert cm["metadata"]["namespace"] == "monitoring"
     assert cm["metadata"]["labels"]["grafana.io/dashboard"] == "mlops"
@@ -314,7 +324,7 @@ def test_dashboard_configmap_is_labelled_for_the_grafana_sidecar(all_on: list[di
     [
         (("--set", "serving.monitoring.prometheusRule.alerts.high5xxRate.ratio=2"), "ratio"),
         (("--set", "serving.monitoring.prometheusRule.alerts.highLatency.window=five"), "window"),
-        (("--set", "serving.monitoring.prometheusRule.selector=job=\"x\"}"), "selector"),
+        (("--set", 'serving.monitoring.prometheusRule.selector=job="x"}'), "selector"),
         (("--set", "serving.monitoring.grafanaDashboard.label=bad label"), "label"),
         (("--set", "serving.monitoring.prometheusRule.alerts.unknownAlert.enabled=true"), "unknownAlert"),
         (("--set", "serving.metrics.enabled=false"), "needs serving.metrics.enabled"),
@@ -359,8 +369,10 @@ def test_dashboard_has_the_panels_people_look_for(dashboard: dict[str, Any]) -> 
     by_title = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in dashboard["panels"]}
     expected = {
         "Request rate per route": [r"sum by \(route, method\) \(rate\(serving_requests_total\{"],
-        "Latency quantiles": [rf"histogram_quantile\({q}, sum by \(le\) \(rate\(serving_request_duration_seconds_bucket"
-                              for q in ("0.5", "0.95", "0.99")],
+        "Latency quantiles": [
+            rf"histogram_quantile\({q}, sum by \(le\) \(rate\(serving_request_duration_seconds_bucket"
+            for q in ("0.5", "0.95", "0.99")
+        ],
         "Error ratio (4xx, 5xx)": [r'status=~"4\.\."', r'status=~"5\.\."'],
         "Batch size": [r"serving_batch_size_bucket", r"serving_batch_size_sum"],
         "Queue wait": [r"serving_queue_wait_seconds_bucket"],
@@ -400,10 +412,17 @@ def test_prometheus_rule_shape_and_values(rule: dict[str, Any]) -> None:
 
 @needs_helm
 def test_alerts_follow_their_values() -> None:
-    docs = render(*ON, "--set", "serving.monitoring.prometheusRule.alerts.noChampion.enabled=false",
-                  "--set-json", "serving.monitoring.prometheusRule.alerts.highLatency.seconds=1.5",
-                  "--set", "serving.monitoring.prometheusRule.alerts.registryPollErrors.for=30m",
-                  "--set", 'serving.monitoring.prometheusRule.selector=job="kubernetes-pods"')
+    docs = render(
+        *ON,
+        "--set",
+        "serving.monitoring.prometheusRule.alerts.noChampion.enabled=false",
+        "--set-json",
+        "serving.monitoring.prometheusRule.alerts.highLatency.seconds=1.5",
+        "--set",
+        "serving.monitoring.prometheusRule.alerts.registryPollErrors.for=30m",
+        "--set",
+        'serving.monitoring.prometheusRule.selector=job="kubernetes-pods"',
+    )
     alerts = alerts_of(find(docs, "PrometheusRule", RULE_NAME))
     assert set(alerts) == ALERTS - {"MlopsServingNoChampionLoaded"}
     assert alerts["MlopsServingHighP99Latency"]["expr"].rstrip().endswith("> 1.5")
@@ -419,8 +438,7 @@ def test_alerts_follow_their_values() -> None:
 
 
 @needs_promtool
-def test_every_expression_parses_with_promtool(rule: dict[str, Any], dashboard: dict[str, Any],
-                                               tmp_path: Path) -> None:
+def test_every_expression_parses_with_promtool(rule: dict[str, Any], dashboard: dict[str, Any], tmp_path: Path) -> None:
     """The rendered rule groups as Prometheus loads them, plus each dashboard query as a
     recording rule, through `promtool check rules` (PromQL and annotation templates)."""
     exprs = dashboard_exprs(dashboard)
@@ -431,7 +449,11 @@ def test_every_expression_parses_with_promtool(rule: dict[str, Any], dashboard: 
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(ALERTS) + len(exprs)} rules found" in result.stdout, result.stdout
     # promtool does reject bad PromQL (so the check above can fail).
-    bad = {"groups": [{"name": "bad", "rules": [{"record": "x:y", "expr": "sum by (le (rate(serving_requests_total[5m])"}]}]}
+    bad = {
+        "groups": [
+            {"name": "bad", "rules": [{"record": "x:y", "expr": "sum by (le (rate(serving_requests_total[5m])"}]}
+        ]
+    }
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     result = promtool("check", "rules", "bad.yaml", cwd=tmp_path)
     assert result.returncode != 0 and "parse error" in (result.stdout + result.stderr)
@@ -453,22 +475,42 @@ def test_alerts_fire_on_synthetic_series(rule: dict[str, Any], tmp_path: Path) -
 
     def histogram(route: str, slow: bool) -> list[dict[str, str]]:
         # 60 requests a minute, all in (0.5, 1] s when slow, all under 10 ms otherwise.
-        return [{"series": f'serving_request_duration_seconds_bucket{{{mine}, route="{route}", method="PUT", '
-                           f'status="200", le="{le}"}}',
-                 "values": "0+60x40" if (not slow or float(le) >= 1.0) else "0x40"} for le in buckets]
+        return [
+            {
+                "series": f'serving_request_duration_seconds_bucket{{{mine}, route="{route}", method="PUT", '
+                f'status="200", le="{le}"}}',
+                "values": "0+60x40" if (not slow or float(le) >= 1.0) else "0x40",
+            }
+            for le in buckets
+        ]
 
     series = [
         # 5xx: 60 x 200 and 15 x 503 a minute (20% > 5%) for this job; another job, 200s only,
         # but 503s on a job outside the selector must not count.
-        {"series": f'serving_requests_total{{{mine}, route="{predict}", method="PUT", status="200"}}', "values": "0+60x40"},
-        {"series": f'serving_requests_total{{{mine}, route="{predict}", method="PUT", status="503"}}', "values": "0+15x40"},
-        {"series": f'serving_requests_total{{{other}, route="{predict}", method="PUT", status="503"}}', "values": "0+60x40"},
+        {
+            "series": f'serving_requests_total{{{mine}, route="{predict}", method="PUT", status="200"}}',
+            "values": "0+60x40",
+        },
+        {
+            "series": f'serving_requests_total{{{mine}, route="{predict}", method="PUT", status="503"}}',
+            "values": "0+15x40",
+        },
+        {
+            "series": f'serving_requests_total{{{other}, route="{predict}", method="PUT", status="503"}}',
+            "values": "0+60x40",
+        },
         *histogram(predict, slow=True),
         *histogram(insurance, slow=False),
         # Registry: every poll of atmos fails; insurance polls fine.
-        {"series": f'serving_registry_polls_total{{{mine}, model="atmos_temperature", outcome="error"}}', "values": "0+6x40"},
+        {
+            "series": f'serving_registry_polls_total{{{mine}, model="atmos_temperature", outcome="error"}}',
+            "values": "0+6x40",
+        },
         {"series": f'serving_registry_poll_errors_total{{{mine}, model="atmos_temperature"}}', "values": "0+6x40"},
-        {"series": f'serving_registry_polls_total{{{mine}, model="insurance_charges", outcome="unchanged"}}', "values": "0+6x40"},
+        {
+            "series": f'serving_registry_polls_total{{{mine}, model="insurance_charges", outcome="unchanged"}}',
+            "values": "0+6x40",
+        },
         {"series": f'serving_registry_poll_errors_total{{{mine}, model="insurance_charges"}}', "values": "0x40"},
         # One of two workers has no atmos champion; both serve insurance version 3.
         {"series": f'serving_model_version{{{mine}, model="atmos_temperature", pid="11"}}', "values": "0x40"},
@@ -502,21 +544,29 @@ def test_alerts_fire_on_synthetic_series(rule: dict[str, Any], tmp_path: Path) -
     test_file = {
         "rule_files": ["rules.yaml"],
         "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": series,
-            "alert_rule_test": [{"alertname": a, "eval_time": t, "exp_alerts": exp} for a, t, exp in cases],
-        }],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [{"alertname": a, "eval_time": t, "exp_alerts": exp} for a, t, exp in cases],
+            }
+        ],
     }
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(test_file, sort_keys=False))
     result = promtool("test", "rules", "tests.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     # And the unit test can fail: expecting the quiet insurance model to alert is caught.
-    test_file["tests"][0]["alert_rule_test"] = [{
-        "alertname": "MlopsServingNoChampionLoaded", "eval_time": "20m",
-        "exp_alerts": [expect("critical", model="atmos_temperature"), expect("critical", model="insurance_charges")],
-    }]
+    test_file["tests"][0]["alert_rule_test"] = [
+        {
+            "alertname": "MlopsServingNoChampionLoaded",
+            "eval_time": "20m",
+            "exp_alerts": [
+                expect("critical", model="atmos_temperature"),
+                expect("critical", model="insurance_charges"),
+            ],
+        }
+    ]
     (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(test_file, sort_keys=False))
     result = promtool("test", "rules", "wrong.yaml", cwd=tmp_path)
     assert result.returncode != 0 and "FAILED" in (result.stdout + result.stderr)
@@ -544,8 +594,9 @@ def scraped_labels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[st
         mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         mp.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
         mp.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-        app = create_app(ServingSettings(mlflow_tracking_uri="http://127.0.0.1:9", poll_seconds=30.0,
-                                         models=DEFAULT_MODELS))
+        app = create_app(
+            ServingSettings(mlflow_tracking_uri="http://127.0.0.1:9", poll_seconds=30.0, models=DEFAULT_MODELS)
+        )
         try:
             with TestClient(app, timeout=30) as client:
                 assert client.get("/health").status_code == 200
@@ -582,8 +633,21 @@ def scraped_labels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[st
     return labels
 
 
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
-             "and", "or", "unless", "inf", "nan"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "and",
+    "or",
+    "unless",
+    "inf",
+    "nan",
+}
 
 
 def _metric_names(expr: str) -> set[str]:
@@ -607,8 +671,9 @@ def _selectors(expr: str) -> list[tuple[str, list[str]]]:
     return found
 
 
-def test_every_metric_and_label_exists_in_the_app(rule: dict[str, Any], dashboard: dict[str, Any],
-                                                  scraped_labels: dict[str, set[str]]) -> None:
+def test_every_metric_and_label_exists_in_the_app(
+    rule: dict[str, Any], dashboard: dict[str, Any], scraped_labels: dict[str, set[str]]
+) -> None:
     exprs = [*dashboard_exprs(dashboard), *((f"alert {a}", r["expr"]) for a, r in alerts_of(rule).items())]
     used: set[str] = set()
     for where, expr in exprs:
@@ -627,9 +692,16 @@ def test_every_metric_and_label_exists_in_the_app(rule: dict[str, Any], dashboar
             assert grouped <= available, f"{where}: grouping by {grouped - available}, not labels of {names}"
         used |= names
     # The dashboard and alerts cover every metric family the app exports that people act on.
-    assert {"serving_requests_total", "serving_request_duration_seconds_bucket", "serving_model_version",
-            "serving_registry_poll_errors_total", "serving_batch_size_bucket", "serving_queue_wait_seconds_bucket",
-            "serving_predict_seconds_bucket", "serving_prediction_log_dropped_total"} <= used
+    assert {
+        "serving_requests_total",
+        "serving_request_duration_seconds_bucket",
+        "serving_model_version",
+        "serving_registry_poll_errors_total",
+        "serving_batch_size_bucket",
+        "serving_queue_wait_seconds_bucket",
+        "serving_predict_seconds_bucket",
+        "serving_prediction_log_dropped_total",
+    } <= used
 
 
 # ----------------------------------------------- the dashboard on a real Prometheus, end to end
@@ -685,7 +757,9 @@ def _wait(check: Any, what: str, timeout: float, proc: subprocess.Popen[bytes], 
 
 @pytest.mark.slow
 @needs_helm
-@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not found in .tools/bin or on PATH: run .ci/install_chart_tools.sh")
+@pytest.mark.skipif(
+    PROMETHEUS is None, reason="prometheus not found in .tools/bin or on PATH: run .ci/install_chart_tools.sh"
+)
 def test_dashboard_and_alerts_on_a_real_prometheus_scraping_the_service(tmp_path: Path) -> None:
     """The service (`python -m serving`, two workers, multiprocess metrics) under load, scraped
     every second by a real Prometheus that loads the rendered PrometheusRule: every dashboard
@@ -703,38 +777,71 @@ def test_dashboard_and_alerts_on_a_real_prometheus_scraping_the_service(tmp_path
 
     app_port, prom_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "PROMETHEUS_", "MLFLOW_"))}
-    env.update(MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true", SERVING_POLL_SECONDS="1",
-               SERVING_MODELS=",".join(SERVED), OMP_NUM_THREADS="1")
+    env.update(
+        MLFLOW_TRACKING_URI=uri,
+        MLFLOW_DISABLE_TELEMETRY="true",
+        SERVING_POLL_SECONDS="1",
+        SERVING_MODELS=",".join(SERVED),
+        OMP_NUM_THREADS="1",
+    )
     app_log, prom_log = tmp_path / "serving.log", tmp_path / "prometheus.log"
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(tmp_path / "rules.yaml")],
         # What the ServiceMonitor gives: job = the Service name, plus the namespace label.
-        "scrape_configs": [{"job_name": JOB, "static_configs": [
-            {"targets": [f"127.0.0.1:{app_port}"], "labels": {"namespace": NAMESPACE}}]}],
+        "scrape_configs": [
+            {
+                "job_name": JOB,
+                "static_configs": [{"targets": [f"127.0.0.1:{app_port}"], "labels": {"namespace": NAMESPACE}}],
+            }
+        ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with app_log.open("wb") as out:
-            procs.append(subprocess.Popen([sys.executable, "-m", "serving", "--port", str(app_port), "--workers", "2"],
-                                          cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "serving", "--port", str(app_port), "--workers", "2"],
+                    cwd=repo,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         app, base = procs[0], f"http://127.0.0.1:{app_port}"
 
         def both_workers_loaded() -> bool:
             text = httpx.get(f"{base}/metrics", timeout=2).text
-            return len(re.findall(rf'^serving_model_version\{{[^}}]*model="{SERVED[0]}"[^}}]*\}} 1\.0$', text, re.M)) == 2
+            return (
+                len(re.findall(rf'^serving_model_version\{{[^}}]*model="{SERVED[0]}"[^}}]*\}} 1\.0$', text, re.M)) == 2
+            )
 
         _wait(both_workers_loaded, "champion loaded in both workers", 90, app, app_log)
         with prom_log.open("wb") as out:
-            procs.append(subprocess.Popen(
-                [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}"],
-                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        PROMETHEUS,
+                        f"--config.file={tmp_path / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                        f"--web.listen-address=127.0.0.1:{prom_port}",
+                    ],
+                    cwd=tmp_path,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         prom, api = procs[1], f"http://127.0.0.1:{prom_port}/api/v1"
-        _wait(lambda: httpx.get(f"http://127.0.0.1:{prom_port}/-/ready", timeout=2).status_code == 200,
-              "prometheus ready", 60, prom, prom_log)
+        _wait(
+            lambda: httpx.get(f"http://127.0.0.1:{prom_port}/-/ready", timeout=2).status_code == 200,
+            "prometheus ready",
+            60,
+            prom,
+            prom_log,
+        )
 
         # Load: concurrent forecasts (batched together), bad bodies (422/400), unknown paths (404)
         # and the model without a champion (503).
@@ -801,9 +908,15 @@ def test_dashboard_and_alerts_on_a_real_prometheus_scraping_the_service(tmp_path
         # The numbers behind the panels are the service's own.
         sel = f'namespace="{NAMESPACE}", job="{JOB}"'
         assert values(f"max by (model) (serving_model_version{{{sel}}})") == {SERVED[0]: 1.0, SERVED[1]: 0.0}
-        p99 = values(f'histogram_quantile(0.99, sum by (le) (rate(serving_request_duration_seconds_bucket{{{sel}, route="/predict/{SERVED[0]}"}}[15s])))')
+        p99 = values(
+            "histogram_quantile(0.99, sum by (le) "
+            f'(rate(serving_request_duration_seconds_bucket{{{sel}, route="/predict/{SERVED[0]}"}}[15s])))'
+        )
         assert 0 < p99[""] < 5, p99
-        mean_batch = values(f"sum by (model) (rate(serving_batch_size_sum{{{sel}}}[15s])) / sum by (model) (rate(serving_batch_size_count{{{sel}}}[15s]))")
+        mean_batch = values(
+            f"sum by (model) (rate(serving_batch_size_sum{{{sel}}}[15s])) / sum by (model) "
+            f"(rate(serving_batch_size_count{{{sel}}}[15s]))"
+        )
         assert mean_batch[SERVED[0]] >= 1.0, mean_batch
         rates = values(f"sum by (route) (rate(serving_requests_total{{{sel}}}[15s]))")
         assert rates[f"/predict/{SERVED[0]}"] > 5 and rates["<unmatched>"] > 0, rates

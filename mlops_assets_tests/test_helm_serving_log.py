@@ -28,9 +28,9 @@ from mlops_assets_tests.test_helm_chart import (
     PG,
     _env_lists,
     _script_from_chart,
+    all_on_docs,  # noqa: F401  (fixture)
     containers,
     default_docs,  # noqa: F401  (fixture)
-    all_on_docs,  # noqa: F401  (fixture)
     env_of,
     find,
     needs_helm,
@@ -103,7 +103,7 @@ def _run_wrapped(args: list[str], env: dict[str, str], probe: str) -> str:
 # ----------------------------------------------------------------- command and volumes
 
 
-def test_serving_command_wrapped_and_scripts_mounted(variant: tuple[str, list[dict[str, Any]]]) -> None:
+def test_serving_command_wrapped_and_scripts_mounted(variant: tuple[str, list[dict[str, Any]]]) -> None:  # noqa: F811
     _, docs = variant
     deployment = _serving(docs)
     spec = deployment["spec"]["template"]["spec"]
@@ -127,7 +127,7 @@ def test_serving_command_wrapped_and_scripts_mounted(variant: tuple[str, list[di
 # ------------------------------------------------------------------------ warehouse env
 
 
-def test_serving_warehouse_env_by_refs_only(variant: tuple[str, list[dict[str, Any]]]) -> None:
+def test_serving_warehouse_env_by_refs_only(variant: tuple[str, list[dict[str, Any]]]) -> None:  # noqa: F811
     name, docs = variant
     env = env_of(_serving_container(docs))
     assert env["WAREHOUSE_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == PG_SECRET
@@ -144,12 +144,16 @@ def test_serving_warehouse_env_by_refs_only(variant: tuple[str, list[dict[str, A
     assert not any(d["kind"] == "Secret" for d in docs)
 
 
-def test_serving_and_code_server_compose_the_same_url(variant: tuple[str, list[dict[str, Any]]]) -> None:
+def test_serving_and_code_server_compose_the_same_url(variant: tuple[str, list[dict[str, Any]]]) -> None:  # noqa: F811
     """The rendered environments of both containers, resolved as Kubernetes would and run
     through the chart's script: the same WAREHOUSE_URL, password percent-encoded."""
     _, docs = variant
-    secrets = {("mlops-assets-postgres", "password"): "p@ss:w/rd", ("mlops-assets-kma", "service-key"): "k",
-               ("mlops-assets-serving", "token"): "t", ("mlops-assets-alerts", "url"): "https://hooks.example/x"}
+    secrets = {
+        ("mlops-assets-postgres", "password"): "p@ss:w/rd",
+        ("mlops-assets-kma", "service-key"): "k",
+        ("mlops-assets-serving", "token"): "t",
+        ("mlops-assets-alerts", "url"): "https://hooks.example/x",
+    }
     probe = "import os; print(os.environ['WAREHOUSE_URL'])"
     urls = {
         label: _run_wrapped(c["args"], _resolve_env(docs, c, secrets), probe)
@@ -166,9 +170,16 @@ def test_rendered_serving_process_reaches_the_warehouse(scratch_database: str) -
     """The serving container's args and env as rendered (pointed at the local PostgreSQL), run
     here: the process after the start script reads ServingSettings with the prediction log on
     and a postgres WAREHOUSE_URL, and creates served_forecasts in that database."""
-    docs = render("--set", f"postgresql.host={PG['host']}", "--set", f"postgresql.port={PG['port']}",
-                  "--set", f"postgresql.auth.username={PG['user']}",
-                  "--set", f"postgresql.databases.warehouse={scratch_database}")
+    docs = render(
+        "--set",
+        f"postgresql.host={PG['host']}",
+        "--set",
+        f"postgresql.port={PG['port']}",
+        "--set",
+        f"postgresql.auth.username={PG['user']}",
+        "--set",
+        f"postgresql.databases.warehouse={scratch_database}",
+    )
     c = _serving_container(docs)
     env = _resolve_env(docs, c, {("mlops-assets-postgres", "password"): PG.get("password", "unused/with:trust")})
     probe = (
@@ -205,8 +216,11 @@ def test_serving_takes_warehouse_url_from_its_own_secret() -> None:
     assert env_of(_code_container(docs))["WAREHOUSE_URL"] == env["WAREHOUSE_URL"]
     # The script leaves a URL that is already set alone.
     secrets = {("warehouse-url", "dsn"): "postgresql+psycopg2://u:p@db.elsewhere:5432/wh"}
-    out = _run_wrapped(_serving_container(docs)["args"], _resolve_env(docs, _serving_container(docs), secrets),
-                       "import os; print(os.environ['WAREHOUSE_URL'])")
+    out = _run_wrapped(
+        _serving_container(docs)["args"],
+        _resolve_env(docs, _serving_container(docs), secrets),
+        "import os; print(os.environ['WAREHOUSE_URL'])",
+    )
     assert out == "postgresql+psycopg2://u:p@db.elsewhere:5432/wh"
 
 
@@ -228,8 +242,11 @@ def test_serving_alone_has_its_configmaps(sets: tuple[str, ...]) -> None:
         referenced = {v["configMap"]["name"] for v in spec.get("volumes", []) if "configMap" in v}
         for c in containers(spec):
             referenced |= {s["configMapRef"]["name"] for s in c.get("envFrom", []) if "configMapRef" in s}
-            referenced |= {e["valueFrom"]["configMapKeyRef"]["name"] for e in c.get("env", [])
-                           if "configMapKeyRef" in e.get("valueFrom", {})}
+            referenced |= {
+                e["valueFrom"]["configMapKeyRef"]["name"]
+                for e in c.get("env", [])
+                if "configMapKeyRef" in e.get("valueFrom", {})
+            }
         assert referenced <= configmaps, f"{label}: missing {referenced - configmaps}"
     _serving(docs)
 
@@ -265,8 +282,9 @@ def test_prediction_log_on_in_all_on(all_on_docs: list[dict[str, Any]]) -> None:
 def test_new_values_checked_by_schema(sets: tuple[str, ...], message: str) -> None:
     from mlops_assets_tests.test_helm_chart import CHART, NAMESPACE, RELEASE, helm
 
-    result = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-                  *[arg for s in sets for arg in ("--set", s)])
+    result = helm(
+        "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *[arg for s in sets for arg in ("--set", s)]
+    )
     assert result.returncode != 0, f"{sets} rendered"
     assert message in result.stderr, result.stderr
 
@@ -278,7 +296,7 @@ def _webhook_entries(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {where: entry for where, env in _env_lists(docs) for entry in env if entry["name"] == "ALERT_WEBHOOK_URL"}
 
 
-def test_alert_webhook_only_when_configured(variant: tuple[str, list[dict[str, Any]]]) -> None:
+def test_alert_webhook_only_when_configured(variant: tuple[str, list[dict[str, Any]]]) -> None:  # noqa: F811
     name, docs = variant
     entries = _webhook_entries(docs)
     if name == "default":
@@ -289,15 +307,19 @@ def test_alert_webhook_only_when_configured(variant: tuple[str, list[dict[str, A
     # The code server evaluates the sensors (the daemon asks it over gRPC); runs get it too.
     assert set(entries) == {code, "run pods (dagster.yaml)"}
     for entry in entries.values():
-        assert entry == {"name": "ALERT_WEBHOOK_URL",
-                         "valueFrom": {"secretKeyRef": {"name": "mlops-assets-alerts", "key": "url"}}}
+        assert entry == {
+            "name": "ALERT_WEBHOOK_URL",
+            "valueFrom": {"secretKeyRef": {"name": "mlops-assets-alerts", "key": "url"}},
+        }
     workspace = yaml.safe_load(_configmap_data(docs, f"{FULLNAME}-dagster-workspace")["workspace.yaml"])
     assert "grpc_server" in workspace["load_from"][0]  # so the daemon does not run sensor code itself
 
 
 @needs_helm
 def test_alert_webhook_key_and_run_pod_env() -> None:
-    docs = render("--set", "dagster.alertWebhookUrl.existingSecret=team-hooks", "--set", "dagster.alertWebhookUrl.key=slack")
+    docs = render(
+        "--set", "dagster.alertWebhookUrl.existingSecret=team-hooks", "--set", "dagster.alertWebhookUrl.key=slack"
+    )
     ref = {"secretKeyRef": {"name": "team-hooks", "key": "slack"}}
     assert env_of(_code_container(docs))["ALERT_WEBHOOK_URL"]["valueFrom"] == ref
     run_env = {e["name"]: e for e in run_k8s_config(docs)["container_config"]["env"]}
@@ -321,8 +343,11 @@ def test_network_policies_let_serving_reach_postgres() -> None:
     pg = find(docs, "NetworkPolicy", f"{FULLNAME}-postgresql")
     (rule,) = pg["spec"]["ingress"]
     assert {"port": 5432, "protocol": "TCP"} in rule["ports"]
-    assert any(set(peer["podSelector"]["matchLabels"].items()) <= set(serving_labels.items())
-               for peer in rule["from"] if "podSelector" in peer and "namespaceSelector" not in peer)
+    assert any(
+        set(peer["podSelector"]["matchLabels"].items()) <= set(serving_labels.items())
+        for peer in rule["from"]
+        if "podSelector" in peer and "namespaceSelector" not in peer
+    )
 
 
 def test_all_on_values_cover_the_new_keys() -> None:

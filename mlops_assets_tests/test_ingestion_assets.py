@@ -15,7 +15,7 @@ from mlops_assets.atmos.checks import atmos_features_checks
 from mlops_assets.atmos.schedules import atmos_ingestion_job, build_ingestion_schedule, days_to_ingest
 from mlops_assets.atmos.source import CsvObservationSource, KmaObservationSource, SampleObservationSource
 from mlops_assets.resources.warehouse import WarehouseResource
-from mlops_assets_tests.fakes.kma_server import FakeKmaServer, Scenario, running_kma_server
+from mlops_assets_tests.fakes.kma_server import Scenario, running_kma_server
 
 ASSETS = [raw_atmos_observations, atmos_features, atmos_features_checks]
 
@@ -36,10 +36,14 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     return failures[0].step_failure_data.error.message
 
 
-def test_a_partition_range_runs_in_one_run_and_feeds_the_features(warehouse_url: str, instance: dg.DagsterInstance) -> None:
+def test_a_partition_range_runs_in_one_run_and_feeds_the_features(
+    warehouse_url: str, instance: dg.DagsterInstance
+) -> None:
     warehouse = WarehouseResource(url=warehouse_url)
     resources = {"source": SampleObservationSource(), "warehouse": warehouse}
-    result = dg.materialize(ASSETS, resources=resources, instance=instance, tags=_range_tags("2013-01-01", "2013-02-28"))
+    result = dg.materialize(
+        ASSETS, resources=resources, instance=instance, tags=_range_tags("2013-01-01", "2013-02-28")
+    )
     assert result.success
     assert len(instance.get_materialized_partitions(raw_atmos_observations.key)) == 59
     stored = warehouse.read_observations("JFK")
@@ -56,7 +60,9 @@ def test_rematerializing_does_not_duplicate_rows(tmp_path: Path, instance: dg.Da
     warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}")
     resources = {"source": SampleObservationSource(), "warehouse": warehouse}
     for _ in range(2):
-        assert dg.materialize([raw_atmos_observations], resources=resources, instance=instance, partition_key="2013-06-01").success
+        assert dg.materialize(
+            [raw_atmos_observations], resources=resources, instance=instance, partition_key="2013-06-01"
+        ).success
     assert len(warehouse.read_observations("JFK")) == 24
 
 
@@ -65,7 +71,9 @@ def test_a_kma_backfill_stores_kst_days(tmp_path: Path, instance: dg.DagsterInst
     with running_kma_server() as kma:
         source = KmaObservationSource(service_key=kma.service_key, endpoint=kma.endpoint)
         result = dg.materialize(
-            [raw_atmos_observations], resources={"source": source, "warehouse": warehouse}, instance=instance,
+            [raw_atmos_observations],
+            resources={"source": source, "warehouse": warehouse},
+            instance=instance,
             tags=_range_tags("2019-01-01", "2019-01-31"),
         )
         assert result.success
@@ -91,8 +99,11 @@ def test_a_kma_error_fails_the_run_with_the_reason_and_writes_nothing(
     with running_kma_server(scenario) as kma:
         source = KmaObservationSource(service_key=kma.service_key, endpoint=kma.endpoint)
         result = dg.materialize(
-            [raw_atmos_observations], resources={"source": source, "warehouse": warehouse}, instance=instance,
-            partition_key="2019-01-05", raise_on_error=False,
+            [raw_atmos_observations],
+            resources={"source": source, "warehouse": warehouse},
+            instance=instance,
+            partition_key="2019-01-05",
+            raise_on_error=False,
         )
         assert len(kma.requests) == 1, "a permanent error must not be retried"
     assert not result.success
@@ -101,15 +112,20 @@ def test_a_kma_error_fails_the_run_with_the_reason_and_writes_nothing(
     assert warehouse.read_observations("108").empty
 
 
-def test_a_kma_outage_is_retried_by_the_client_only_not_again_by_the_step(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+def test_a_kma_outage_is_retried_by_the_client_only_not_again_by_the_step(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
     """The client backs off and retries; a step retry on top would multiply calls against the daily quota."""
     warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}")
     with running_kma_server() as kma:
         kma.set_default(Scenario.http_error(503))
         source = KmaObservationSource(service_key=kma.service_key, endpoint=kma.endpoint)
         result = dg.materialize(
-            [raw_atmos_observations], resources={"source": source, "warehouse": warehouse}, instance=instance,
-            partition_key="2019-01-05", raise_on_error=False,
+            [raw_atmos_observations],
+            resources={"source": source, "warehouse": warehouse},
+            instance=instance,
+            partition_key="2019-01-05",
+            raise_on_error=False,
         )
         calls = len(kma.requests)
     assert not result.success
@@ -124,7 +140,9 @@ def test_a_kma_500_then_success_is_retried_by_the_client(tmp_path: Path, instanc
         kma.enqueue(Scenario.http_error(500))
         source = KmaObservationSource(service_key=kma.service_key, endpoint=kma.endpoint)
         result = dg.materialize(
-            [raw_atmos_observations], resources={"source": source, "warehouse": warehouse}, instance=instance,
+            [raw_atmos_observations],
+            resources={"source": source, "warehouse": warehouse},
+            instance=instance,
             partition_key="2019-01-05",
         )
         assert result.success and len(kma.requests) == 2
@@ -147,8 +165,11 @@ def test_a_malformed_csv_names_file_column_and_row(
     csv_path.write_text(content)
     warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}")
     result = dg.materialize(
-        [raw_atmos_observations], resources={"source": CsvObservationSource(path=str(csv_path)), "warehouse": warehouse},
-        instance=instance, partition_key="2024-01-01", raise_on_error=False,
+        [raw_atmos_observations],
+        resources={"source": CsvObservationSource(path=str(csv_path)), "warehouse": warehouse},
+        instance=instance,
+        partition_key="2024-01-01",
+        raise_on_error=False,
     )
     failure = _failure_message(result)
     assert str(csv_path) in failure and message in failure
@@ -162,7 +183,10 @@ def test_a_well_formed_csv_is_ingested_in_its_time_zone(tmp_path: Path, instance
     warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}")
     source = CsvObservationSource(path=str(csv_path), station_id="home", time_zone="Europe/Berlin")
     assert dg.materialize(
-        [raw_atmos_observations], resources={"source": source, "warehouse": warehouse}, instance=instance, partition_key="2024-01-01"
+        [raw_atmos_observations],
+        resources={"source": source, "warehouse": warehouse},
+        instance=instance,
+        partition_key="2024-01-01",
     ).success
     stored = warehouse.read_observations("home")
     assert len(stored) == 24 and str(stored["time"].min()) == "2023-12-31 23:00:00+00:00"
@@ -175,7 +199,9 @@ def test_the_schedule_requests_the_newest_complete_days_not_yet_ingested(instanc
     now = dt.datetime(2024, 5, 10, 3, 0, tzinfo=dt.UTC)  # 12:00 KST on May 10
     source = KmaObservationSource(service_key="k")
     repository = dg.Definitions(
-        assets=[raw_atmos_observations], jobs=[atmos_ingestion_job], schedules=[schedule],
+        assets=[raw_atmos_observations],
+        jobs=[atmos_ingestion_job],
+        schedules=[schedule],
         resources={"source": source, "warehouse": WarehouseResource()},
     ).get_repository_def()
     context = dg.build_schedule_context(
@@ -187,13 +213,23 @@ def test_the_schedule_requests_the_newest_complete_days_not_yet_ingested(instanc
     assert days_to_ingest(now, "Asia/Seoul", {"2024-05-07", "2024-05-08", "2024-05-09"}) == []
 
 
-def test_repeated_hours_in_a_csv_keep_the_first_row_and_are_counted(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+def test_repeated_hours_in_a_csv_keep_the_first_row_and_are_counted(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
     csv_path = tmp_path / "station.csv"
-    csv_path.write_text("time,tmp\n2024-01-01T00:00Z,1.0\n2024-01-01T01:00Z,2.0\n2024-01-01T01:00Z,9.0\n2024-01-01T02:00Z,3.0\n")
+    csv_path.write_text(
+        "time,tmp\n2024-01-01T00:00Z,1.0\n2024-01-01T01:00Z,2.0\n2024-01-01T01:00Z,9.0\n2024-01-01T02:00Z,3.0\n"
+    )
     warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}")
     source = CsvObservationSource(path=str(csv_path))
     result = dg.materialize(
-        [raw_atmos_observations], resources={"source": source, "warehouse": warehouse}, instance=instance, partition_key="2024-01-01"
+        [raw_atmos_observations],
+        resources={"source": source, "warehouse": warehouse},
+        instance=instance,
+        partition_key="2024-01-01",
     )
-    assert result.asset_materializations_for_node("raw_atmos_observations")[0].metadata["duplicate_hours_dropped"].value == 1
+    assert (
+        result.asset_materializations_for_node("raw_atmos_observations")[0].metadata["duplicate_hours_dropped"].value
+        == 1
+    )
     assert warehouse.read_observations("csv")["tmp"].tolist() == [1.0, 2.0, 3.0]

@@ -17,14 +17,19 @@ from mlops_assets.atmos.source import SampleObservationSource, load_sample_obser
 from mlops_assets.monitoring import drift
 from mlops_assets.monitoring.accuracy import observed_temperatures, score_forecasts
 from mlops_assets.monitoring.assets import atmos_forecast_accuracy, read_accuracy
-from mlops_assets.monitoring.checks import ServedInputs, evaluate_served_drift, read_served_inputs, training_hourly_values
+from mlops_assets.monitoring.checks import (
+    ServedInputs,
+    evaluate_served_drift,
+    read_served_inputs,
+    training_hourly_values,
+)
 from mlops_assets.monitoring.resources import MonitoringSettings
 from mlops_assets.monitoring.served_log import ServedForecast, create_warehouse_engine, ensure_tables, insert_served
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets_tests.conftest import _fresh_database
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 STATION = "JFK"
 
 
@@ -42,7 +47,13 @@ def test_scoring_counts_pending_and_incomplete_and_averages_lead_hours() -> None
     forecasts = pd.DataFrame(
         {
             "model_version": ["1", "1", "2", "1", "1"],
-            "last_observed_at": [base, base + pd.Timedelta(hours=1), base, base + pd.Timedelta(hours=40), base + pd.Timedelta(minutes=30)],
+            "last_observed_at": [
+                base,
+                base + pd.Timedelta(hours=1),
+                base,
+                base + pd.Timedelta(hours=40),
+                base + pd.Timedelta(minutes=30),
+            ],
             "forecast": [
                 json.dumps([h + 1 + 2.0 for h in range(24)]),  # always 2 too warm
                 [h + 2 - (h % 2) for h in range(24)],  # exact on even leads, 1 too cold on odd
@@ -73,7 +84,9 @@ def test_qc_flagged_observation_makes_a_forecast_incomplete() -> None:
 
 
 def test_wrong_forecast_length_is_an_error() -> None:
-    forecasts = pd.DataFrame({"model_version": ["1"], "last_observed_at": [pd.Timestamp("2013-06-01", tz="UTC")], "forecast": ["[1, 2]"]})
+    forecasts = pd.DataFrame(
+        {"model_version": ["1"], "last_observed_at": [pd.Timestamp("2013-06-01", tz="UTC")], "forecast": ["[1, 2]"]}
+    )
     with pytest.raises(ValueError, match="24 values"):
         score_forecasts(forecasts, hourly("2013-06-01", [0.0] * 30))
 
@@ -123,14 +136,19 @@ def register_versions(uri: str, test_maes: dict[str, float], tmp_path: Path) -> 
     for version, test_mae in test_maes.items():
         run = client.create_run(experiment)
         created = client.create_model_version(
-            "atmos_temperature", f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags={"test_mae": str(test_mae)}
+            "atmos_temperature",
+            f"{run.info.artifact_uri}/model",
+            run_id=run.info.run_id,
+            tags={"test_mae": str(test_mae)},
         )
         assert str(created.version) == version
         runs[version] = run.info.run_id
     return runs
 
 
-def served_rows(observed: pd.Series, issued: list[pd.Timestamp], version: str, bias: np.ndarray, prefix: str) -> list[ServedForecast]:
+def served_rows(
+    observed: pd.Series, issued: list[pd.Timestamp], version: str, bias: np.ndarray, prefix: str
+) -> list[ServedForecast]:
     """Forecasts equal to the observed hours plus `bias` per lead hour (inputs: the 72 observed hours)."""
     rows = []
     for i, last in enumerate(issued):
@@ -162,11 +180,15 @@ def independent_mae(rows: list[ServedForecast], observed: pd.Series) -> dict[tup
                 break
             errors.append(abs(value - observed[hour]))
         else:
-            sums.setdefault((row.model_version, row.last_observed_at.astimezone(UTC).date()), []).append(sum(errors) / 24)
+            sums.setdefault((row.model_version, row.last_observed_at.astimezone(UTC).date()), []).append(
+                sum(errors) / 24
+            )
     return {key: (len(v), sum(v) / len(v)) for key, v in sums.items()}
 
 
-def test_accuracy_asset_scores_replaces_and_logs_to_mlflow(warehouse: WarehouseResource, mlflow_uri: str, tmp_path: Path) -> None:
+def test_accuracy_asset_scores_replaces_and_logs_to_mlflow(
+    warehouse: WarehouseResource, mlflow_uri: str, tmp_path: Path
+) -> None:
     import mlflow
 
     sample = load_sample_observations(STATION)
@@ -190,7 +212,7 @@ def test_accuracy_asset_scores_replaces_and_logs_to_mlflow(warehouse: WarehouseR
     gap_row = served_rows(observed, [pd.Timestamp("2013-06-02 00:00", tz="UTC")], "2", np.zeros(24), "g")[0]
     engine = warehouse.engine
     ensure_tables(engine)
-    insert_served(engine, [r.row() for r in rows + [gap_row]])
+    insert_served(engine, [r.row() for r in [*rows, gap_row]])
     gap_hour = pd.Timestamp("2013-06-02 05:00", tz="UTC")  # only the gap row's hours include it
     with engine.begin() as connection:
         from mlops_assets.resources.warehouse import atmos_observations as table
@@ -199,7 +221,11 @@ def test_accuracy_asset_scores_replaces_and_logs_to_mlflow(warehouse: WarehouseR
     observed = observed.drop(gap_hour)
     expected = independent_mae(rows, observed)
 
-    resources = {"source": SampleObservationSource(station_id=STATION), "warehouse": warehouse, "registry": MlflowRegistry(tracking_uri=mlflow_uri)}
+    resources = {
+        "source": SampleObservationSource(station_id=STATION),
+        "warehouse": warehouse,
+        "registry": MlflowRegistry(tracking_uri=mlflow_uri),
+    }
     tags = {"dagster/asset_partition_range_start": "2013-06-02", "dagster/asset_partition_range_end": "2013-06-04"}
     with dg.instance_for_test() as instance:
         result = dg.materialize([atmos_forecast_accuracy], resources=resources, tags=tags, instance=instance)
@@ -215,7 +241,9 @@ def test_accuracy_asset_scores_replaces_and_logs_to_mlflow(warehouse: WarehouseR
     assert metadata["test_mae_by_version"].value == {"1": 1.0, "2": 2.5}
 
     stored = read_accuracy(warehouse.engine, "atmos_temperature")
-    assert len(stored) == len(expected) == 3  # v1 on both days, v2 on 06-03  # idempotent: the second run replaced, not appended
+    assert (
+        len(stored) == len(expected) == 3
+    )  # v1 on both days, v2 on 06-03  # idempotent: the second run replaced, not appended
     for row in stored.itertuples():
         day = row.day if isinstance(row.day, dt.date) else pd.Timestamp(row.day).date()
         count, mae = expected[(row.model_version, day)]
@@ -230,7 +258,10 @@ def test_accuracy_asset_scores_replaces_and_logs_to_mlflow(warehouse: WarehouseR
     assert metrics["realized_mae_2013_06_03"] == pytest.approx(expected[("1", dt.date(2013, 6, 3))][1])
     assert metrics["realized_mae_2013_06_02"] == pytest.approx(expected[("1", dt.date(2013, 6, 2))][1])
     series = client.get_metric_history(runs["1"], "realized_mae")
-    assert {m.step for m in series} == {(dt.date(2013, 6, 2) - dt.date(1970, 1, 1)).days, (dt.date(2013, 6, 3) - dt.date(1970, 1, 1)).days}
+    assert {m.step for m in series} == {
+        (dt.date(2013, 6, 2) - dt.date(1970, 1, 1)).days,
+        (dt.date(2013, 6, 3) - dt.date(1970, 1, 1)).days,
+    }
     assert "realized_mae_2013_06_02" not in client.get_run(runs["2"]).data.metrics
 
 
@@ -257,8 +288,15 @@ def test_served_drift_check_warns_on_shifted_inputs(tmp_path: Path) -> None:
 
     # The same traffic sent in Fahrenheit: the distribution moves far outside the training one.
     fahrenheit = [
-        ServedForecast(r.request_id + "f", r.model_name, r.model_version, r.received_at + dt.timedelta(days=30),
-                       r.last_observed_at, r.forecast, [v * 9 / 5 + 32 for v in r.inputs])
+        ServedForecast(
+            r.request_id + "f",
+            r.model_name,
+            r.model_version,
+            r.received_at + dt.timedelta(days=30),
+            r.last_observed_at,
+            r.forecast,
+            [v * 9 / 5 + 32 for v in r.inputs],
+        )
         for r in honest
     ]
     insert_served(engine, [r.row() for r in fahrenheit])
@@ -300,12 +338,22 @@ def test_drift_check_runs_with_its_resources_on_stored_features(tmp_path: Path) 
     issued = [pd.Timestamp("2013-03-10", tz="UTC") + pd.Timedelta(hours=h) for h in range(0, 24 * 5, 4)]
     rows = served_rows(observed, issued, "1", np.zeros(24), "k")
     kelvin = [
-        ServedForecast(r.request_id, r.model_name, r.model_version, r.received_at, r.last_observed_at, r.forecast, [v + 273.15 for v in r.inputs])
+        ServedForecast(
+            r.request_id,
+            r.model_name,
+            r.model_version,
+            r.received_at,
+            r.last_observed_at,
+            r.forecast,
+            [v + 273.15 for v in r.inputs],
+        )
         for r in rows
     ]
     ensure_tables(warehouse.engine)
     insert_served(warehouse.engine, [r.row() for r in kelvin])
-    result = atmos_served_inputs_drift(source=SampleObservationSource(station_id=STATION), warehouse=warehouse, monitoring=MonitoringSettings())
+    result = atmos_served_inputs_drift(
+        source=SampleObservationSource(station_id=STATION), warehouse=warehouse, monitoring=MonitoringSettings()
+    )
     assert isinstance(result, dg.AssetCheckResult)
     assert result.passed is False and result.metadata["drifted"].value == ["tmp"]
     assert result.metadata["per_variable"].value["tmp"]["outside_reference_range"] == 1.0

@@ -115,7 +115,9 @@ def test_served_forecasts_are_scored_like_an_independent_computation(
         for estimator, test_mae in zip(estimators, test_maes, strict=True):
             with mlflow.start_run(experiment_id=experiment) as run:
                 info = log_forecaster(estimator, spec, windows.train.features(spec)[:2])
-            model_version = client.create_model_version(MODEL, info.model_uri, run_id=run.info.run_id, tags={"test_mae": f"{test_mae:.4f}"})
+            model_version = client.create_model_version(
+                MODEL, info.model_uri, run_id=run.info.run_id, tags={"test_mae": f"{test_mae:.4f}"}
+            )
             versions.append(str(model_version.version))
         client.set_registered_model_alias(MODEL, "champion", versions[0])
     finally:
@@ -126,12 +128,25 @@ def test_served_forecasts_are_scored_like_an_independent_computation(
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "PROMETHEUS_"))}
     env.update(
-        MLFLOW_TRACKING_URI=mlflow_uri, WAREHOUSE_URL=warehouse.url, SERVING_MODELS=MODEL, SERVING_PREDICTION_LOG="on",
+        MLFLOW_TRACKING_URI=mlflow_uri,
+        WAREHOUSE_URL=warehouse.url,
+        SERVING_MODELS=MODEL,
+        SERVING_PREDICTION_LOG="on",
         SERVING_POLL_SECONDS="1",
-        MLFLOW_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        OMP_NUM_THREADS="1",
     )
     log_path = tmp_path / "serve.log"
-    command = [str(Path(sys.executable).with_name("mlops-assets")), "serve", "--host", HOST, "--port", str(port), "--workers", "1"]
+    command = [
+        str(Path(sys.executable).with_name("mlops-assets")),
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with log_path.open("wb") as out:
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -155,7 +170,14 @@ def test_served_forecasts_are_scored_like_an_independent_computation(
             assert status == 200, raw
             answer = json.loads(raw)
             assert answer["model"]["version"] == versions[last >= SWAP_AT]
-            served.append((last, np.asarray(answer["result"], dtype="float64"), headers["x-request-id"], answer["model"]["version"]))
+            served.append(
+                (
+                    last,
+                    np.asarray(answer["result"], dtype="float64"),
+                    headers["x-request-id"],
+                    answer["model"]["version"],
+                )
+            )
     finally:
         process.send_signal(signal.SIGTERM)  # graceful: the lifespan flushes the prediction log
         try:
@@ -172,7 +194,9 @@ def test_served_forecasts_are_scored_like_an_independent_computation(
     # Every answer is in served_forecasts, under the id the service returned, with what it answered.
     engine = sa.create_engine(warehouse.url)
     try:
-        logged = pd.read_sql(sa.text("SELECT request_id, model_version, last_observed_at, forecast FROM served_forecasts"), engine)
+        logged = pd.read_sql(
+            sa.text("SELECT request_id, model_version, last_observed_at, forecast FROM served_forecasts"), engine
+        )
     finally:
         engine.dispose()
     assert sorted(logged["request_id"]) == sorted(request_id for _, _, request_id, _ in served)
@@ -184,9 +208,15 @@ def test_served_forecasts_are_scored_like_an_independent_computation(
         np.testing.assert_array_equal(np.asarray(json.loads(row["forecast"])), forecast)
 
     stored = sample[(sample["time"] >= "2013-11-10") & (sample["time"] <= last_stored)]
-    warehouse.replace_observations(STATION, pd.Timestamp("2013-11-10", tz="UTC"), last_stored + pd.Timedelta(hours=1), stored)
+    warehouse.replace_observations(
+        STATION, pd.Timestamp("2013-11-10", tz="UTC"), last_stored + pd.Timedelta(hours=1), stored
+    )
 
-    resources = {"source": SampleObservationSource(station_id=STATION), "warehouse": warehouse, "registry": MlflowRegistry(tracking_uri=mlflow_uri)}
+    resources = {
+        "source": SampleObservationSource(station_id=STATION),
+        "warehouse": warehouse,
+        "registry": MlflowRegistry(tracking_uri=mlflow_uri),
+    }
     tags = {"dagster/asset_partition_range_start": DAYS[0], "dagster/asset_partition_range_end": DAYS[-1]}
     with dg.instance_for_test() as instance:
         result = dg.materialize([atmos_forecast_accuracy], resources=resources, tags=tags, instance=instance)
@@ -218,19 +248,26 @@ def test_served_forecasts_are_scored_like_an_independent_computation(
     assert metadata["forecasts_pending"].value == pending >= 1
     for version, test_mae in zip(versions, test_maes, strict=True):
         realized = float(np.vstack([e for (v, _), errors in expected.items() if v == version for e in errors]).mean())
-        print(f"e2e: v{version} realized MAE {realized:.3f} vs test MAE {test_mae:.3f} ({len(served)} forecasts served in all)")
+        print(
+            f"e2e: v{version} realized MAE {realized:.3f} vs test MAE {test_mae:.3f} ({len(served)} forecasts served "
+            "in all)"
+        )
 
     # A realized MAE near the test MAE is not a degradation; a strict margin makes it one.
     with dg.instance_for_test() as instance:
         base = {"warehouse": warehouse, "registry": MlflowRegistry(tracking_uri=mlflow_uri)}
-        with dg.build_sensor_context(instance=instance, resources={**base, "monitoring": MonitoringSettings(degradation_margin=1.0)}) as context:
+        with dg.build_sensor_context(
+            instance=instance, resources={**base, "monitoring": MonitoringSettings(degradation_margin=1.0)}
+        ) as context:
             assert isinstance(champion_degradation_sensor(context), dg.SkipReason)
         # The champion is the second version now: its 3 scored days against its own test MAE.
         test_mae = test_maes[1]
         daily = [float(np.vstack(e).mean()) for (v, _), e in sorted(expected.items()) if v == versions[1]]
         assert len(daily) == 3
         tight = max(0.0, min(daily) / test_mae - 1 - 0.01)
-        with dg.build_sensor_context(instance=instance, resources={**base, "monitoring": MonitoringSettings(degradation_margin=tight)}) as context:
+        with dg.build_sensor_context(
+            instance=instance, resources={**base, "monitoring": MonitoringSettings(degradation_margin=tight)}
+        ) as context:
             request = champion_degradation_sensor(context)
         if min(daily) > test_mae:
             assert isinstance(request, dg.RunRequest) and request.job_name == "atmos_training"

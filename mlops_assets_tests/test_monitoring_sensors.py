@@ -84,7 +84,7 @@ def test_alias_sensor_fails_loudly_when_the_registry_is_unreachable() -> None:
     registry = MlflowRegistry(tracking_uri="http://127.0.0.1:9")
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(instance=instance, resources={"registry": registry})
-        with pytest.raises(Exception, match="127.0.0.1:9|Connection|connect"):
+        with pytest.raises(Exception, match=r"127\.0\.0\.1:9|Connection|connect"):
             champion_alias_sensor(context)
 
 
@@ -113,7 +113,7 @@ def test_changed_files_request_the_days_they_cover(tmp_path: Path) -> None:
             return result
 
         first = tick(None)
-        by_asset = {tuple(r.asset_selection or [])[0].to_user_string(): r for r in first.run_requests or []}
+        by_asset = {next(iter(r.asset_selection or [])).to_user_string(): r for r in first.run_requests or []}
         assert set(by_asset) == {"raw_atmos_observations", "insurance_policies"}
         raw = by_asset["raw_atmos_observations"]
         assert raw.partition_key_range == dg.PartitionKeyRange("2016-11-05", "2016-11-07")
@@ -150,14 +150,22 @@ def test_file_sensor_skips_without_csv_sources() -> None:
 def accuracy_rows(version: str, maes: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(
         [
-            {"model_version": version, "day": dt.date.fromisoformat(day), "forecasts": 8, "mae": mae, **{c: mae for c in LEAD_COLUMNS}}
+            {
+                "model_version": version,
+                "day": dt.date.fromisoformat(day),
+                "forecasts": 8,
+                "mae": mae,
+                **{c: mae for c in LEAD_COLUMNS},
+            }
             for day, mae in maes.items()
         ]
     )
 
 
 def test_degradation_episode_rule() -> None:
-    rows = accuracy_rows("1", {"2013-06-01": 3.0, "2013-06-02": 2.0, "2013-06-04": 2.6, "2013-06-05": 2.7, "2013-06-07": 2.8})
+    rows = accuracy_rows(
+        "1", {"2013-06-01": 3.0, "2013-06-02": 2.0, "2013-06-04": 2.6, "2013-06-05": 2.7, "2013-06-07": 2.8}
+    )
     assert degradation_episode(rows, 2.0, 0.25, 3) == (dt.date(2013, 6, 4), 3)
     assert degradation_episode(rows, 2.0, 0.25, 4) is None
     assert degradation_episode(rows, 2.0, 0.5, 3) is None
@@ -169,7 +177,11 @@ def test_degradation_sensor_retrains_once_per_episode(mlflow_uri: str, tmp_path:
     client(mlflow_uri).set_registered_model_alias(ATMOS, "champion", "1")
     warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}")
     ensure_tables(warehouse.engine)
-    resources = {"warehouse": warehouse, "registry": MlflowRegistry(tracking_uri=mlflow_uri), "monitoring": MonitoringSettings()}
+    resources = {
+        "warehouse": warehouse,
+        "registry": MlflowRegistry(tracking_uri=mlflow_uri),
+        "monitoring": MonitoringSettings(),
+    }
 
     def score(maes: dict[str, float]) -> None:
         days = [dt.date.fromisoformat(d) for d in maes]
@@ -209,7 +221,7 @@ class _Webhook:
         received: list[dict[str, object]] = []
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 received.append({"content_type": self.headers["Content-Type"], "body": json.loads(body)})
                 self.send_response(status)

@@ -11,6 +11,7 @@ on the machine, other people's test clusters included.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -102,7 +103,8 @@ DEAD_ADDRESS_SCRIPT = textwrap.dedent(
         try:
             run_search(
                 never_called, {"x": tune.uniform(0, 1)}, SearchSettings(num_samples=1, ray_address=address),
-                metric="loss", tracking_uri="sqlite:///unused.db", experiment_name="unused", parent_run_id="0", run_tags={},
+                metric="loss", tracking_uri="sqlite:///unused.db", experiment_name="unused", parent_run_id="0",
+                run_tags={},
             )
             outcome = {"error": None}
         except RayClusterUnreachable as error:
@@ -119,7 +121,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _run_python(script: Path, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[list[dict[str, Any]], str]:
+def _run_python(
+    script: Path, args: list[str], env: dict[str, str], cwd: Path, timeout: float
+) -> tuple[list[dict[str, Any]], str]:
     """Run a driver script; its JSON lines and its stderr (for the noise check)."""
     done = subprocess.run(
         [sys.executable, str(script), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
@@ -135,7 +139,11 @@ def _driver_env(tmpdir: str, ray_address: str | None) -> dict[str, str]:
     cluster), token auth on as the cluster has it, RAY_ADDRESS only when given."""
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     env.update(
-        TMPDIR=tmpdir, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true"
+        TMPDIR=tmpdir,
+        RAY_AUTH_MODE="token",
+        RAY_USAGE_STATS_ENABLED="0",
+        OMP_NUM_THREADS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
     )
     if ray_address:
         env["RAY_ADDRESS"] = ray_address
@@ -186,10 +194,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        pass
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         process.poll()  # reap the leader: a zombie still counts as a member of the group
@@ -217,9 +223,19 @@ def ray_cluster() -> Iterator[LocalRayCluster]:
         with open(Path(tmpdir) / "head.log", "wb") as log:
             processes.append(
                 subprocess.Popen(
-                    [RAY, "start", "--head", f"--port={port}", f"--ray-client-server-port={client_port}",
-                     "--include-dashboard=false", *common],
-                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    [
+                        RAY,
+                        "start",
+                        "--head",
+                        f"--port={port}",
+                        f"--ray-client-server-port={client_port}",
+                        "--include-dashboard=false",
+                        *common,
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             )
         _wait_for_nodes(cluster, 1, timeout=120)
@@ -227,7 +243,10 @@ def ray_cluster() -> Iterator[LocalRayCluster]:
             processes.append(
                 subprocess.Popen(
                     [RAY, "start", f"--address={cluster.address}", *common],
-                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             )
         _wait_for_nodes(cluster, 2, timeout=180)
@@ -276,7 +295,9 @@ def test_search_runs_on_a_two_node_ray_cluster_by_address_and_by_ray_client(
     # Local mode next to the running cluster: no RAY_ADDRESS, but the cluster's address file in
     # the driver's TMPDIR, where a bare `ray.init()` would find (and join) it. The search starts
     # its own Ray instead, whose node is none of the cluster's.
-    (local,), stderr = _run_python(script, [tracking_uri, "6"], _driver_env(ray_cluster.tmpdir, None), tmp_path, timeout=600)
+    (local,), stderr = _run_python(
+        script, [tracking_uri, "6"], _driver_env(ray_cluster.tmpdir, None), tmp_path, timeout=600
+    )
     assert local["trials"] >= 4 and local["runs"] == local["trials"]
     assert len(set(local["node_ids"])) == 1 and not set(local["node_ids"]) & nodes
     assert local["ray_initialized_after"] is False and local["environment_unchanged"] is True
@@ -295,7 +316,12 @@ def test_a_dead_ray_address_fails_fast_and_names_the_address(tmp_path: Path) -> 
     script = tmp_path / "dead.py"
     script.write_text(DEAD_ADDRESS_SCRIPT)
     dead_port, dead_client_port = _free_port(), _free_port()
-    addresses = [f"127.0.0.1:{dead_port}", f"ray://127.0.0.1:{dead_client_port}", "ray-head-without-port", "http://ray-head:6379"]
+    addresses = [
+        f"127.0.0.1:{dead_port}",
+        f"ray://127.0.0.1:{dead_client_port}",
+        "ray-head-without-port",
+        "http://ray-head:6379",
+    ]
     env = _driver_env(str(tmp_path), None)
     began = time.perf_counter()
     results, _ = _run_python(script, addresses, env, tmp_path, timeout=120)

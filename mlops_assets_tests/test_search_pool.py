@@ -5,7 +5,6 @@ Runs against a real Dagster instance built from the repository's dagster.yaml on
 PostgreSQL (its own database), with two runs launched at the same moment from two threads.
 """
 
-
 import json
 import shutil
 import subprocess
@@ -38,8 +37,11 @@ def production_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         url = sa.make_url(database)
         monkeypatch.setenv("DAGSTER_HOME", str(home))
         for name, value in {
-            "DAGSTER_PG_HOST": url.host, "DAGSTER_PG_PORT": str(url.port), "DAGSTER_PG_USER": url.username,
-            "DAGSTER_PG_PASSWORD": url.password or "", "DAGSTER_PG_DB": url.database,
+            "DAGSTER_PG_HOST": url.host,
+            "DAGSTER_PG_PORT": str(url.port),
+            "DAGSTER_PG_USER": url.username,
+            "DAGSTER_PG_PASSWORD": url.password or "",
+            "DAGSTER_PG_DB": url.database,
         }.items():
             monkeypatch.setenv(name, str(value))
         yield home
@@ -91,11 +93,17 @@ def test_two_runs_launched_together_take_turns_in_the_search_pool(production_hom
         assert instance.event_log_storage.get_concurrency_info(SEARCH_POOL).slot_count == 1
     began = time.monotonic()
     runs = [
-        subprocess.Popen([sys.executable, str(script), str(HOLD_SECONDS)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(script), str(HOLD_SECONDS)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outputs = [run.communicate(timeout=240) for run in runs]
-    for run, (stdout, stderr) in zip(runs, outputs):
+    for run, (_, stderr) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, stderr[-4000:]
     results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
     assert all(result["success"] for result in results), (results, [stderr[-3000:] for _, stderr in outputs])
@@ -126,7 +134,9 @@ def test_the_tuning_assets_use_the_search_pool() -> None:
     from mlops_assets.definitions import defs
 
     graph = defs().resolve_asset_graph()
-    searches = {key.to_user_string(): graph.get(key) for key in graph.get_all_asset_keys() if "ray" in graph.get(key).kinds}
+    searches = {
+        key.to_user_string(): graph.get(key) for key in graph.get_all_asset_keys() if "ray" in graph.get(key).kinds
+    }
     assert {"atmos_tuned_model", "insurance_tuned_model"} <= set(searches)
     missing = sorted(name for name, node in searches.items() if node.pools != {SEARCH_POOL})
     assert not missing, f"tuning assets outside the pool {SEARCH_POOL!r}: {missing}"

@@ -63,7 +63,12 @@ def test_values_from_the_environment_reach_resources_as_env_vars(monkeypatch: py
     assert "secret" not in repr(settings)  # URLs, the key and the webhook stay out of logs
     resources = build_resources(settings)
     stored = repr(
-        (resources["registry"].tracking_uri, resources["warehouse"].url, resources["source"].service_key, resources["tuning"].num_samples)
+        (
+            resources["registry"].tracking_uri,
+            resources["warehouse"].url,
+            resources["source"].service_key,
+            resources["tuning"].num_samples,
+        )
     )
     assert "secret" not in stored  # EnvVars: the code location holds names, not values
     assert resources["registry"].tracking_uri == dg.EnvVar("MLFLOW_TRACKING_URI")

@@ -81,7 +81,9 @@ def test_each_asset_in_its_own_run_on_a_fresh_instance_reaches_the_decision_of_o
     split_dir.mkdir()
 
     with dg.instance_for_test() as instance:
-        together = dg.materialize([*ATMOS, *INSURANCE, *CHECKS], resources=_resources(together_dir), instance=instance, tags=RANGE)
+        together = dg.materialize(
+            [*ATMOS, *INSURANCE, *CHECKS], resources=_resources(together_dir), instance=instance, tags=RANGE
+        )
     assert together.success
 
     split_resources = _resources(split_dir)
@@ -89,13 +91,20 @@ def test_each_asset_in_its_own_run_on_a_fresh_instance_reaches_the_decision_of_o
         split_resources["tuned_model_io_manager"].latest("atmos_tuned_model")  # type: ignore[attr-defined]
     split = _one_asset_per_run(ATMOS + INSURANCE, split_resources)
 
-    assert _decisions(together) == split == {
-        "atmos_champion_model": ("promoted", 1),
-        "insurance_champion_model": ("promoted", 1),
-    }
+    assert (
+        _decisions(together)
+        == split
+        == {
+            "atmos_champion_model": ("promoted", 1),
+            "insurance_champion_model": ("promoted", 1),
+        }
+    )
     # The version registered by the separate champion run is the model of the separate search run.
     client = mlflow.MlflowClient(f"sqlite:///{split_dir / 'mlflow.db'}")
-    for model_name, experiment in ((ATMOS_MODEL_NAME, "atmos_temperature"), (INSURANCE_MODEL_NAME, "insurance_charges")):
+    for model_name, experiment in (
+        (ATMOS_MODEL_NAME, "atmos_temperature"),
+        (INSURANCE_MODEL_NAME, "insurance_charges"),
+    ):
         champion = client.get_model_version_by_alias(model_name, "champion")
         search_runs = client.search_runs(
             [client.get_experiment_by_name(experiment).experiment_id], "tags.dagster_asset != ''"

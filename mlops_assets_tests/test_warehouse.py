@@ -57,7 +57,7 @@ def test_a_failure_mid_write_leaves_the_previous_rows_intact(warehouse_url: str)
 
 def test_rows_outside_the_partition_are_refused(warehouse_url: str) -> None:
     warehouse = WarehouseResource(url=warehouse_url)
-    frame, start, end = _days("2013-03-01", "2013-03-02")
+    frame, start, _ = _days("2013-03-01", "2013-03-02")
     with pytest.raises(ValueError, match="outside"):
         warehouse.replace_observations("JFK", start, start + pd.Timedelta(days=1), frame)
     assert warehouse.read_observations("JFK").empty

@@ -15,10 +15,9 @@ import os
 import time
 from typing import Any
 
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
-
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.settings import PROMETHEUS_MULTIPROC_ENV
 
@@ -48,9 +47,7 @@ class ServingMetrics:
             values.ValueClass = values.get_value_class()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "serving_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
-        )
+        self.requests = Counter("serving_requests", "HTTP requests answered", ["route", "method", "status"], registry=r)
         self.latency = Histogram(
             "serving_request_duration_seconds",
             "Time from request start to the last response byte handed to the server",

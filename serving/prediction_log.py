@@ -60,7 +60,9 @@ def prediction_log_enabled(value: str | None) -> bool:
     return text == "on"
 
 
-def served_record(model_name: str, request_id: str, window: Any, answer: Any, received_at: dt.datetime) -> ServedForecast | None:
+def served_record(
+    model_name: str, request_id: str, window: Any, answer: Any, received_at: dt.datetime
+) -> ServedForecast | None:
     """The row for one answered request, or None for models that are not logged.
 
     `window` is the completed request (`serving.models.atmos_temperature.Window`: its
@@ -252,7 +254,12 @@ class PredictionLog:
             except Exception as error:  # connection refused, timeouts, locked database: retry
                 self.write_errors.inc()
                 self.last_error = f"{type(error).__name__}: {error}".splitlines()[0]
-                log.warning("prediction log: insert of %d rows failed, retrying in %.1f s: %s", len(batch), delay, self.last_error)
+                log.warning(
+                    "prediction log: insert of %d rows failed, retrying in %.1f s: %s",
+                    len(batch),
+                    delay,
+                    self.last_error,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_seconds)
         self.last_error = None

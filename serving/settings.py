@@ -64,9 +64,13 @@ class ServingSettings(BaseSettings):
     #: Micro-batching (`serving.batching`): most rows in one predict call.
     max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1, validation_alias="SERVING_MAX_BATCH")
     #: How long queued requests may wait for a predict thread before a second batch starts.
-    max_wait_ms: float = Field(default=DEFAULT_MAX_WAIT_MS, ge=0, allow_inf_nan=False, validation_alias="SERVING_MAX_WAIT_MS")
+    max_wait_ms: float = Field(
+        default=DEFAULT_MAX_WAIT_MS, ge=0, allow_inf_nan=False, validation_alias="SERVING_MAX_WAIT_MS"
+    )
     #: A request that would wait longer than this for its prediction gets 503 at once.
-    deadline_ms: float = Field(default=DEFAULT_DEADLINE_MS, gt=0, allow_inf_nan=False, validation_alias="SERVING_DEADLINE_MS")
+    deadline_ms: float = Field(
+        default=DEFAULT_DEADLINE_MS, gt=0, allow_inf_nan=False, validation_alias="SERVING_DEADLINE_MS"
+    )
     #: Log answered forecasts to the warehouse table `served_forecasts` (SERVING_PREDICTION_LOG=off: no).
     prediction_log: bool = Field(default=True, validation_alias="SERVING_PREDICTION_LOG")
     #: The pipeline's warehouse (WAREHOUSE_URL), where the prediction log writes.

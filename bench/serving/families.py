@@ -66,7 +66,7 @@ def build_store(workdir: Path) -> tuple[str, dict[str, dict[str, Any]]]:
     covariates = windows.covariates
     test = windows.test
     i = 0
-    when = dt.datetime.fromtimestamp(float(test.last_epoch_hours[i]) * 3600.0, tz=dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(float(test.last_epoch_hours[i]) * 3600.0, tz=dt.UTC)
     cov_values = {name: test.covariates[name][i].tolist() for name in covariates}
     models: dict[str, dict[str, Any]] = {}
     for family in FAMILIES:
@@ -83,7 +83,10 @@ def build_store(workdir: Path) -> tuple[str, dict[str, dict[str, Any]]]:
         if spec.covariates:
             body["covariates"] = {n: cov_values[n] for n in spec.covariates}
         models[family] = {
-            "registered": ATMOS, "version": version, "route": f"/predict/{ATMOS}", "body": json.dumps(body).encode(),
+            "registered": ATMOS,
+            "version": version,
+            "route": f"/predict/{ATMOS}",
+            "body": json.dumps(body).encode(),
             "mlflow_body": json.dumps({"inputs": row.tolist()}).encode(),
             "describe": f"{type(estimator).__name__}, {X.shape[1]} features, test MAE {mae:.2f} °C",
         }
@@ -98,13 +101,19 @@ def build_store(workdir: Path) -> tuple[str, dict[str, dict[str, Any]]]:
     example = split.test[list(FEATURES)].head(1)
     with mlflow.start_run(experiment_id=experiment):
         info = mlflow.sklearn.log_model(
-            pipeline, name="model", input_example=example, skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            pipeline,
+            name="model",
+            input_example=example,
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
             signature=mlflow.models.infer_signature(example, pipeline.predict(example)),
         )
     version = str(mlflow.register_model(info.model_uri, INSURANCE).version)
     policy = {k: (v.item() if hasattr(v, "item") else v) for k, v in example.iloc[0].to_dict().items()}
     models["insurance"] = {
-        "registered": INSURANCE, "version": version, "route": "/predict/insurance", "body": json.dumps(policy).encode(),
+        "registered": INSURANCE,
+        "version": version,
+        "route": "/predict/insurance",
+        "body": json.dumps(policy).encode(),
         "mlflow_body": json.dumps({"dataframe_split": example.to_dict(orient="split") | {"index": [0]}}).encode(),
         "describe": f"{type(pipeline.named_steps['model']).__name__} pipeline",
     }
@@ -143,9 +152,22 @@ def measure(name: str, spec: dict[str, Any], uri: str, workdir: Path, args: argp
             return out
         theirs = start(
             f"mlflow-{name}",
-            [str(Path(PY).with_name("mlflow")), "models", "serve", "-m", f"models:/{spec['registered']}/{spec['version']}",
-             "--env-manager", "local", "-p", str(mlflow_port), "-h", HOST],
-            base_env(uri), mlflow_port, workdir,
+            [
+                str(Path(PY).with_name("mlflow")),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{spec['registered']}/{spec['version']}",
+                "--env-manager",
+                "local",
+                "-p",
+                str(mlflow_port),
+                "-h",
+                HOST,
+            ],
+            base_env(uri),
+            mlflow_port,
+            workdir,
         )
         servers.append(theirs)
         wait_http(ours, "/ready")
@@ -182,8 +204,10 @@ def _closed(
     results = []
     for concurrency in CLOSED:
         results.append(run_load(port, method, spec["route"], spec["body"], concurrency, args.duration))
-        log(f"{name} {server} c={concurrency}: {results[-1].rps:.0f} req/s p50 {results[-1].p50_ms:.2f} "
-            f"p99 {results[-1].p99_ms:.2f} errors {results[-1].errors}")
+        log(
+            f"{name} {server} c={concurrency}: {results[-1].rps:.0f} req/s p50 {results[-1].p50_ms:.2f} "
+            f"p99 {results[-1].p99_ms:.2f} errors {results[-1].errors}"
+        )
     return results
 
 
@@ -230,21 +254,36 @@ def markdown(report: dict[str, Any]) -> str:
         ours = {r["concurrency"]: r for r in m["loads"]["this service"] if not r["note"]}
         theirs = {r["concurrency"]: r for r in m["loads"]["mlflow models serve"] if not r["note"]}
         ratio = ours[8]["rps"] / theirs[8]["rps"]
-        lines.append(f"| {m['model']} | {ours[8]['rps']:.0f} | {theirs[8]['rps']:.0f} | {ratio:.1f}x | "
-                     f"{ours[8]['p99_ms']:.2f} | {ours[1]['p99_ms']:.2f} | {m['same_answer']} |")
+        lines.append(
+            f"| {m['model']} | {ours[8]['rps']:.0f} | {theirs[8]['rps']:.0f} | {ratio:.1f}x | "
+            f"{ours[8]['p99_ms']:.2f} | {ours[1]['p99_ms']:.2f} | {m['same_answer']} |"
+        )
     for m in report["models"]:
         if "error" in m:
             continue
-        lines += ["", f"## {m['model']} (v{m['version']}: {m['describe']})", "",
-                  "| server | load | req/s | p50 ms | p99 ms | errors |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            f"## {m['model']} (v{m['version']}: {m['describe']})",
+            "",
+            "| server | load | req/s | p50 ms | p99 ms | errors |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
         for server, results in m["loads"].items():
             for r in results:
                 load = r["note"] or f"closed c={r['concurrency']}"
-                lines.append(f"| {server} | {load} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+                lines.append(
+                    f"| {server} | {load} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+                )
         b = m["metrics"]
-        lines += ["", f"Over the whole run this service averaged {b['serving_batch_size']:.2f} requests per predict call, "
-                  f"{b['serving_queue_wait_seconds'] * 1e3:.3f} ms queue wait, {b['serving_predict_seconds'] * 1e3:.3f} ms "
-                  "per predict call.", "", "| server | process | RSS MiB | PSS MiB |", "| --- | --- | ---: | ---: |"]
+        lines += [
+            "",
+            f"Over the whole run this service averaged {b['serving_batch_size']:.2f} requests per predict call, "
+            f"{b['serving_queue_wait_seconds'] * 1e3:.3f} ms queue wait, {b['serving_predict_seconds'] * 1e3:.3f} ms "
+            "per predict call.",
+            "",
+            "| server | process | RSS MiB | PSS MiB |",
+            "| --- | --- | ---: | ---: |",
+        ]
         for server, rows in m["memory"].items():
             for row in rows:
                 lines.append(f"| {server} | `{row['cmd'][:60]}` | {row['rss_mib']:.0f} | {row['pss_mib']:.0f} |")
@@ -255,8 +294,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load point")
     parser.add_argument("--models", default=",".join((*FAMILIES, "insurance")))
-    parser.add_argument("--workers", type=int, default=0, help="this service's workers (default: its own, one per core)")
-    parser.add_argument("--env", action="append", default=[], help="VAR=value for this service (e.g. SERVING_MAX_BATCH=8)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="this service's workers (default: its own, one per core)"
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], help="VAR=value for this service (e.g. SERVING_MAX_BATCH=8)"
+    )
     parser.add_argument("--only-ours", action="store_true", help="skip mlflow models serve (settings sweeps)")
     parser.add_argument("--keep-previous", action="store_true", help="keep run.py's report below this one in --out")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving.md")
@@ -266,7 +309,7 @@ def main() -> None:
     os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     workdir = Path(tempfile.mkdtemp(prefix="serving-families-"))
     report: dict[str, Any] = {
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}",
         "duration_s": args.duration,
         "workers": args.workers or len(os.sched_getaffinity(0)),

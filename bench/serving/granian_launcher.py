@@ -25,8 +25,15 @@ def main() -> None:
 
     get_module("atmos_temperature")
     Granian(
-        "serving.app:create_app", factory=True, address="127.0.0.1", port=port, workers=workers,
-        interface=Interfaces.ASGI, http=HTTPModes.http1, loop=Loops.uvloop, log_access=False,
+        "serving.app:create_app",
+        factory=True,
+        address="127.0.0.1",
+        port=port,
+        workers=workers,
+        interface=Interfaces.ASGI,
+        http=HTTPModes.http1,
+        loop=Loops.uvloop,
+        log_access=False,
     ).serve()
 
 

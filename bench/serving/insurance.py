@@ -48,15 +48,24 @@ def main() -> None:
     example = split.test[list(FEATURES)].head(1)
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(
-            pipeline, name="model", input_example=example, skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            pipeline,
+            name="model",
+            input_example=example,
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
             signature=mlflow.models.infer_signature(example, pipeline.predict(example)),
         )
     version = mlflow.register_model(info.model_uri, MODEL).version
     mlflow.MlflowClient(uri).set_registered_model_alias(MODEL, "champion", version)
-    mlflow_body = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{MODEL}/{version}/serving_input_example.json", dst_path=str(workdir), tracking_uri=uri
-    )).read_bytes()
-    our_body = json.dumps({k: (v.item() if hasattr(v, "item") else v) for k, v in example.iloc[0].to_dict().items()}).encode()
+    mlflow_body = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{MODEL}/{version}/serving_input_example.json",
+            dst_path=str(workdir),
+            tracking_uri=uri,
+        )
+    ).read_bytes()
+    our_body = json.dumps(
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in example.iloc[0].to_dict().items()}
+    ).encode()
 
     env = base_env(uri)
     env["SERVING_MODELS"] = MODEL
@@ -67,9 +76,22 @@ def main() -> None:
         servers.append(ours)
         theirs = start(
             "mlflow-serve",
-            [str(Path(PY).with_name("mlflow")), "models", "serve", "-m", f"models:/{MODEL}@champion",
-             "--env-manager", "local", "-p", str(mlflow_port), "-h", HOST],
-            base_env(uri), mlflow_port, workdir,
+            [
+                str(Path(PY).with_name("mlflow")),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{MODEL}@champion",
+                "--env-manager",
+                "local",
+                "-p",
+                str(mlflow_port),
+                "-h",
+                HOST,
+            ],
+            base_env(uri),
+            mlflow_port,
+            workdir,
         )
         servers.append(theirs)
         wait_http(ours, "/ready")

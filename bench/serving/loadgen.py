@@ -106,12 +106,26 @@ def _wrk(
             lua += _WRK_POISSON.format(mean_ms=repr(concurrency / rate * 1e3))
         script.write_text(lua)
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "--latency", "-s", str(script),
-             f"http://{HOST}:{port}{path}"],
-            capture_output=True, text=True, check=True, timeout=seconds + 60,
+            [
+                "wrk",
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "30s",
+                "--latency",
+                "-s",
+                str(script),
+                f"http://{HOST}:{port}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
         ).stdout
     if "Latency Distribution" not in out:
         raise RuntimeError(f"wrk output without latencies:\n{out}")
+
     def find(pattern: str) -> str:
         match = re.search(pattern, out, re.M)
         if match is None:

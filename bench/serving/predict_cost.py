@@ -198,13 +198,16 @@ def measure(label: str, model: Any, X: np.ndarray, budget: float, repeat: int, o
         row[f"{name} max_abs_diff"] = parity_report(model, call, X)["max_abs_diff"]
     for n in (1, 32):
         rows = np.ascontiguousarray(X[:n])
-        row[f"predict default threads {n}"] = per_call_us(lambda: model.predict(rows), budget, repeat)
+        row[f"predict default threads {n}"] = per_call_us(lambda rows=rows: model.predict(rows), budget, repeat)
         with threadpool_limits(1):
-            row[f"predict 1 thread {n}"] = per_call_us(lambda: model.predict(rows), budget, repeat)
+            row[f"predict 1 thread {n}"] = per_call_us(lambda rows=rows: model.predict(rows), budget, repeat)
             for name, call in variants.items():
-                row[f"{name} {n}"] = per_call_us(lambda call=call: call(rows), budget, repeat)
-            row[f"service {n}"] = per_call_us(lambda: fast(rows), budget, repeat)
-    print(f"{label}: " + ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+                row[f"{name} {n}"] = per_call_us(lambda call=call, rows=rows: call(rows), budget, repeat)
+            row[f"service {n}"] = per_call_us(lambda rows=rows: fast(rows), budget, repeat)
+    print(
+        f"{label}: " + ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+        flush=True,
+    )
     return row
 
 
@@ -213,8 +216,10 @@ def render(results: list[dict[str, Any]], onnx: bool, quick: bool) -> str:
     lines = [
         "# Predict cost: scikit-learn vs compiled trees",
         "",
-        f"`bench/serving/predict_cost.py{' --quick' if quick else ''}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end, Python {platform.python_version()}.",
+        f"`bench/serving/predict_cost.py{' --quick' if quick else ''}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end, Python "
+        f"{platform.python_version()}.",
         "Microseconds per call, the fastest of many ~2 ms batches (the machine is shared), on test rows of",
         "each model, one BLAS/OpenMP thread unless the column says default threads. `predict` calls of",
         "several ms rarely run uncontended on a loaded machine, so its columns (and the speed-ups) read high.",
@@ -222,18 +227,39 @@ def render(results: list[dict[str, Any]], onnx: bool, quick: bool) -> str:
         "",
     ]
     for n in (1, 32):
-        header = ["model", "predict (default threads)", "predict (1 thread)", *variants, "service path", "speed-up (1 thread)"]
-        lines += [f"## {n} row{'s' if n > 1 else ''} per call", "", "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+        header = [
+            "model",
+            "predict (default threads)",
+            "predict (1 thread)",
+            *variants,
+            "service path",
+            "speed-up (1 thread)",
+        ]
+        lines += [
+            f"## {n} row{'s' if n > 1 else ''} per call",
+            "",
+            "| " + " | ".join(header) + " |",
+            "| --- |" + " ---: |" * (len(header) - 1),
+        ]
         for r in results:
             cells = [r["model"], f"{r[f'predict default threads {n}']:.0f}", f"{r[f'predict 1 thread {n}']:.0f}"]
             cells += [f"{r[f'{v} {n}']:.1f}" if f"{v} {n}" in r else "-" for v in variants]
-            cells += [f"{r['service_path']}: {r[f'service {n}']:.1f}", f"{r[f'predict 1 thread {n}'] / r[f'compiled {n}']:.0f}x"]
+            cells += [
+                f"{r['service_path']}: {r[f'service {n}']:.1f}",
+                f"{r[f'predict 1 thread {n}'] / r[f'compiled {n}']:.0f}x",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Parity and structure", "", "| model | compiled as | " + " | ".join(f"{v} max abs diff" for v in variants) + " |",
-              "| --- | --- |" + " ---: |" * len(variants)]
+    lines += [
+        "## Parity and structure",
+        "",
+        "| model | compiled as | " + " | ".join(f"{v} max abs diff" for v in variants) + " |",
+        "| --- | --- |" + " ---: |" * len(variants),
+    ]
     for r in results:
-        diffs = [f"{r[f'{v} max_abs_diff']:.1e}" if f"{v} max_abs_diff" in r else r.get("ort_note", "-") for v in variants]
+        diffs = [
+            f"{r[f'{v} max_abs_diff']:.1e}" if f"{v} max_abs_diff" in r else r.get("ort_note", "-") for v in variants
+        ]
         lines.append(f"| {r['model']} | {r['compiled']} | " + " | ".join(diffs) + " |")
     return "\n".join(lines) + "\n"
 

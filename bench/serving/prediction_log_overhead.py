@@ -28,7 +28,6 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -141,12 +140,16 @@ def metric_sums(port: int, names: tuple[str, ...]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name in names:
         out[name] = sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-    for reason, value in re.findall(r'^serving_prediction_log_dropped_total\{[^}]*reason="(\w+)"[^}]*\} (\S+)$', text, re.M):
+    for reason, value in re.findall(
+        r'^serving_prediction_log_dropped_total\{[^}]*reason="(\w+)"[^}]*\} (\S+)$', text, re.M
+    ):
         out[f"dropped[{reason}]"] = out.get(f"dropped[{reason}]", 0.0) + float(value)
     return out
 
 
-def one_run(store_uri: str, body: bytes, workdir: Path, label: str, log_on: bool, warehouse: str, duration: float) -> dict[str, Any]:
+def one_run(
+    store_uri: str, body: bytes, workdir: Path, label: str, log_on: bool, warehouse: str, duration: float
+) -> dict[str, Any]:
     """Serve, warm up, measure c=8 for `duration` s, read /metrics, stop (flush), count rows."""
     env = base_env(store_uri)
     env.update(SERVING_PREDICTION_LOG="on" if log_on else "off", WAREHOUSE_URL=warehouse, OMP_NUM_THREADS="1")
@@ -164,16 +167,28 @@ def one_run(store_uri: str, body: bytes, workdir: Path, label: str, log_on: bool
         stop(server)
     exit_code = server.process.returncode
     out: dict[str, Any] = {
-        "label": label, "log": "on" if log_on else "off", "rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
-        "requests": result.requests, "errors": result.errors, "warmup_requests": warm.requests, "warmup_errors": warm.errors,
-        "load": f"{load_before:.1f} -> {load_after:.1f}", "metrics": metrics, "exit_code": exit_code,
+        "label": label,
+        "log": "on" if log_on else "off",
+        "rps": result.rps,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "requests": result.requests,
+        "errors": result.errors,
+        "warmup_requests": warm.requests,
+        "warmup_errors": warm.errors,
+        "load": f"{load_before:.1f} -> {load_after:.1f}",
+        "metrics": metrics,
+        "exit_code": exit_code,
     }
     if log_on and warehouse != UNREACHABLE_URL:
         # Every request of the warm-up and the measured run was answered before the client moved on.
         out["answered_2xx"] = (warm.requests - warm.errors) + (result.requests - result.errors)
         out["rows"] = count_rows(warehouse)
-    log(f"{label} log {out['log']}: {result.rps:.0f} req/s p50 {result.p50_ms:.2f} p99 {result.p99_ms:.2f} ms "
-        f"errors {result.errors}, load {out['load']}" + (f", rows {out['rows']} / 2xx {out['answered_2xx']}" if "rows" in out else ""))
+    log(
+        f"{label} log {out['log']}: {result.rps:.0f} req/s p50 {result.p50_ms:.2f} p99 {result.p99_ms:.2f} ms "
+        f"errors {result.errors}, load {out['load']}"
+        + (f", rows {out['rows']} / 2xx {out['answered_2xx']}" if "rows" in out else "")
+    )
     return out
 
 
@@ -184,8 +199,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rps_on, rps_off = statistics.median(r["rps"] for r in on), statistics.median(r["rps"] for r in off)
     p99_on, p99_off = statistics.median(r["p99_ms"] for r in on), statistics.median(r["p99_ms"] for r in off)
     return {
-        "rps_on": rps_on, "rps_off": rps_off, "ratio": rps_on / rps_off, "p99_on": p99_on, "p99_off": p99_off,
-        "p99_diff_ms": p99_on - p99_off, "rows_match": all(r["rows"] == r["answered_2xx"] for r in on),
+        "rps_on": rps_on,
+        "rps_off": rps_off,
+        "ratio": rps_on / rps_off,
+        "p99_on": p99_on,
+        "p99_off": p99_off,
+        "p99_diff_ms": p99_on - p99_off,
+        "rows_match": all(r["rows"] == r["answered_2xx"] for r in on),
     }
 
 
@@ -195,20 +215,28 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Run {report['started']} on {report['machine']}; command `{report['command']}`.",
         f"Champion: {report['champion']}. Every request: PUT /predict/{MODEL}, 72 JFK hours before {LAST_OBSERVED}.",
-        f"Client: loadgen's Python client (exact count of answers), c={CONCURRENCY} closed loop, {report['duration_s']:.0f} s per run",
-        "after a 2 s warm-up, a fresh `mlops-assets serve --workers 2` per run (stopped with SIGTERM: the queue is flushed).",
-        f"Machine load average (1 min): {report['loadavg_start']:.1f} at the start, {report['loadavg_end']:.1f} at the end "
-        "(2 cores shared with other sessions and a CI run; the client shares them with the server).",
+        f"Client: loadgen's Python client (exact count of answers), c={CONCURRENCY} closed loop, "
+        f"{report['duration_s']:.0f} s per run",
+        "after a 2 s warm-up, a fresh `mlops-assets serve --workers 2` per run (stopped with SIGTERM: the queue is "
+        "flushed).",
+        f"Machine load average (1 min): {report['loadavg_start']:.1f} at the start, {report['loadavg_end']:.1f} at "
+        "the end (2 cores shared with other sessions and a CI run; the client shares them with the server).",
         "",
-        "| warehouse | run | log | req/s | p50 ms | p99 ms | errors | rows in served_forecasts | 2xx counted by the client | load avg |",
+        "| warehouse | run | log | req/s | p50 ms | p99 ms | errors | rows in served_forecasts | 2xx counted by the "
+        "client | load avg |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for i, r in enumerate(report["runs"], 1):
         lines.append(
-            f"| {r['label']} | {i} | {r['log']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
+            f"| {r['label']} | {i} | {r['log']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['errors']} | "
             f"{r.get('rows', '-')} | {r.get('answered_2xx', '-')} | {r['load']} |"
         )
-    lines += ["", "| warehouse | req/s on / off (medians) | p99 on - off (medians) | rows == 2xx after every on run |", "| --- | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "| warehouse | req/s on / off (medians) | p99 on - off (medians) | rows == 2xx after every on run |",
+        "| --- | ---: | ---: | --- |",
+    ]
     for name, s in report["summary"].items():
         lines.append(
             f"| {name} | {s['rps_on']:,.0f} / {s['rps_off']:,.0f} = **{s['ratio']:.2f}x** (target >= 0.9x) | "
@@ -222,13 +250,22 @@ def markdown(report: dict[str, Any]) -> str:
         dropped = {k: v for k, v in u["metrics"].items() if k.startswith("dropped[")}
         lines += [
             "",
-            f"Unreachable warehouse (`WAREHOUSE_URL={UNREACHABLE_URL}`, log on): {ok:,} of {total:,} requests answered 2xx "
-            f"({100 * ok / total:.2f} %), {u['rps']:,.0f} req/s, p99 {u['p99_ms']:.2f} ms; /metrics before the stop: "
+            f"Unreachable warehouse (`WAREHOUSE_URL={UNREACHABLE_URL}`, log on): {ok:,} of {total:,} requests "
+            f"answered 2xx ({100 * ok / total:.2f} %), {u['rps']:,.0f} req/s, p99 {u['p99_ms']:.2f} ms; "
+            "/metrics before the stop: "
             f"`serving_prediction_log_dropped_total` = {u['metrics']['serving_prediction_log_dropped_total']:,.0f} "
             f"({', '.join(f'{k[8:-1]} {v:,.0f}' for k, v in sorted(dropped.items())) or 'none'}), "
             f"written {u['metrics']['serving_prediction_log_written_total']:,.0f}; server exit code {u['exit_code']}.",
         ]
-    lines += ["", "Raw runs (JSON):", "", "```json", json.dumps(report["runs"] + ([u] if u else []), indent=1), "```", ""]
+    lines += [
+        "",
+        "Raw runs (JSON):",
+        "",
+        "```json",
+        json.dumps(report["runs"] + ([u] if u else []), indent=1),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -237,20 +274,26 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs per warehouse")
     parser.add_argument(
-        "--unreachable-duration", type=float, default=25.0,
+        "--unreachable-duration",
+        type=float,
+        default=25.0,
         help="seconds of the unreachable-warehouse run (long enough to fill the 2 x 10,000-record queues)",
     )
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     parser.add_argument(
-        "--family", default="ridge",
-        help="champion: 'ridge' (run.py's store: Ridge on the 72 lags) or a forecaster family (ridge_lags, ridge_boost, ...)",
+        "--family",
+        default="ridge",
+        help=(
+            "champion: 'ridge' (run.py's store: Ridge on the 72 lags) or a forecaster family (ridge_lags, "
+            "ridge_boost, ...)"
+        ),
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "prediction_log.md")
     args = parser.parse_args()
     os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     workdir = Path(tempfile.mkdtemp(prefix="predlog-bench-"))
     report: dict[str, Any] = {
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "command": " ".join(["python bench/serving/prediction_log_overhead.py", *sys.argv[1:]]),
         "duration_s": args.duration,
@@ -274,7 +317,7 @@ def main() -> None:
             url_for = lambda i: f"sqlite:///{workdir / f'warehouse-{i}.db'}"  # noqa: E731
         else:
             pg_url, drop = fresh_postgres()
-            url_for = lambda i: pg_url  # noqa: E731
+            url_for = lambda i, pg_url=pg_url: pg_url  # noqa: E731
         try:
             runs = []
             for i in range(args.rounds * 2):

@@ -30,14 +30,12 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import timeit
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,7 +259,9 @@ def memory(server: Server) -> list[dict[str, Any]]:
         with contextlib.suppress(OSError):
             fields = dict(re.findall(r"^(\w+):\s+(\d+) kB", Path(f"/proc/{pid}/smaps_rollup").read_text(), re.M))
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
-            rows.append({"pid": pid, "rss_mib": int(fields["Rss"]) / 1024, "pss_mib": int(fields["Pss"]) / 1024, "cmd": cmd})
+            rows.append(
+                {"pid": pid, "rss_mib": int(fields["Rss"]) / 1024, "pss_mib": int(fields["Pss"]) / 1024, "cmd": cmd}
+            )
     return rows
 
 
@@ -277,7 +277,7 @@ def request(port: int, method: str, path: str, body: bytes) -> tuple[int, Any]:
 
 def loads(targets: dict[str, tuple[int, str, str, bytes]], duration: float, tool: str) -> dict[str, list[LoadResult]]:
     results: dict[str, list[LoadResult]] = {name: [] for name in targets}
-    for name, (port, method, path, body) in targets.items():  # warm both up first
+    for port, method, path, body in targets.values():  # warm both up first
         run_load(port, method, path, body, 8, 2, tool)
     for concurrency in CONCURRENCY:
         for name, (port, method, path, body) in targets.items():
@@ -285,8 +285,10 @@ def loads(targets: dict[str, tuple[int, str, str, bytes]], duration: float, tool
             result = run_load(port, method, path, body, concurrency, duration, tool)
             result.note = f"load average {before:.2f} -> {os.getloadavg()[0]:.2f}"
             results[name].append(result)
-            log(f"{name} c={concurrency}: {result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, "
-                f"p99 {result.p99_ms:.2f} ms, errors {result.errors}")
+            log(
+                f"{name} c={concurrency}: {result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+                f"p99 {result.p99_ms:.2f} ms, errors {result.errors}"
+            )
     return results
 
 
@@ -328,18 +330,39 @@ def swap_under_load(server: Server, store: Store, body: bytes, tool: str, worker
         "load_during_swap": result.as_dict(),
         "failed_requests": result.errors + probe_errors,
     }
-    log(f"swap: first new answer after {first_new} s, all workers after {all_new} s, "
-        f"{result.requests} requests under load, {outcome['failed_requests']} failed")
+    log(
+        f"swap: first new answer after {first_new} s, all workers after {all_new} s, "
+        f"{result.requests} requests under load, {outcome['failed_requests']} failed"
+    )
     return outcome
 
 
 SERVER_VARIANTS: dict[str, list[str]] = {
     "uvicorn, 2 workers, uvloop, IPPROTO_TCP socket (serving.server.run)": [PY, "-m", "serving", "--workers", "2"],
-    "uvicorn, 2 workers, uvloop, uvicorn's socket": [PY, "bench/serving/uvicorn_launcher.py", "{port}", "2", "uvloop", "stock"],
+    "uvicorn, 2 workers, uvloop, uvicorn's socket": [
+        PY,
+        "bench/serving/uvicorn_launcher.py",
+        "{port}",
+        "2",
+        "uvloop",
+        "stock",
+    ],
     "uvicorn, 2 workers, asyncio loop, uvicorn's socket": [
-        PY, "bench/serving/uvicorn_launcher.py", "{port}", "2", "asyncio", "stock"],
+        PY,
+        "bench/serving/uvicorn_launcher.py",
+        "{port}",
+        "2",
+        "asyncio",
+        "stock",
+    ],
     "uvicorn, 2 workers, asyncio loop, IPPROTO_TCP socket": [
-        PY, "bench/serving/uvicorn_launcher.py", "{port}", "2", "asyncio", "tcp"],
+        PY,
+        "bench/serving/uvicorn_launcher.py",
+        "{port}",
+        "2",
+        "asyncio",
+        "tcp",
+    ],
     "uvicorn, 1 worker, uvloop": [PY, "bench/serving/uvicorn_launcher.py", "{port}", "1", "uvloop", "stock"],
     "granian, 2 workers (forked after preloading)": [PY, "bench/serving/granian_launcher.py", "{port}", "2"],
 }
@@ -363,8 +386,10 @@ def compare_servers(store: Store, body: bytes, workdir: Path, tool: str) -> dict
             eight = [run_load(port, "PUT", f"/predict/{MODEL}", body, 8, 6, tool) for _ in range(3)]
             median = sorted(eight, key=lambda r: r.rps)[1]
             out[name] = {"c1": single.as_dict(), "c8_runs": [r.as_dict() for r in eight], "c8_median": median.as_dict()}
-            log(f"{name}: c=1 p50 {single.p50_ms:.2f} ms {single.rps:.0f} req/s; "
-                f"c=8 median {median.rps:.0f} req/s p99 {median.p99_ms:.2f} ms")
+            log(
+                f"{name}: c=1 p50 {single.p50_ms:.2f} ms {single.rps:.0f} req/s; "
+                f"c=8 median {median.rps:.0f} req/s p99 {median.p99_ms:.2f} ms"
+            )
         except Exception as exc:  # one broken variant must not lose the others' numbers
             log(f"{name}: failed: {exc!r}")
             out[name] = {"error": repr(exc)}
@@ -395,11 +420,20 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, results in report["loads"].items():
         for r in results:
-            lines.append(f"| {name} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-                         f"| {r['errors']} | {r['note']} |")
+            lines.append(
+                f"| {name} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                f"| {r['errors']} | {r['note']} |"
+            )
     ratio = report["throughput_ratio_c8"]
-    lines += ["", f"Throughput at c=8: **{ratio:.1f}x** `mlflow models serve`.", "", "## Predict call (one row)", "",
-              "| path | us/call | same numbers as estimator.predict |", "| --- | ---: | --- |"]
+    lines += [
+        "",
+        f"Throughput at c=8: **{ratio:.1f}x** `mlflow models serve`.",
+        "",
+        "## Predict call (one row)",
+        "",
+        "| path | us/call | same numbers as estimator.predict |",
+        "| --- | ---: | --- |",
+    ]
     for name, c in report["predict_paths"]["calls"].items():
         lines.append(f"| {name} | {c['us_per_call']:.1f} | {c['same_numbers_as_estimator']} |")
     lines += ["", "## Memory", "", "| server | process | RSS MiB | PSS MiB |", "| --- | --- | ---: | ---: |"]
@@ -420,15 +454,21 @@ def markdown(report: dict[str, Any]) -> str:
     else:
         lines += [f"- not measured: {'; '.join(report['notes'])}"]
     if report.get("servers"):
-        lines += ["", "## ASGI server choice (same app, same model)", "",
-                  "| server | c=1 p50 ms | c=1 req/s | c=8 req/s (median of 3) | c=8 p99 ms |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "## ASGI server choice (same app, same model)",
+            "",
+            "| server | c=1 p50 ms | c=1 req/s | c=8 req/s (median of 3) | c=8 p99 ms |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for name, r in report["servers"].items():
             if "error" in r:
                 lines.append(f"| {name} | failed: {r['error'][:80]} | | | |")
                 continue
-            lines.append(f"| {name} | {r['c1']['p50_ms']:.2f} | {r['c1']['rps']:.0f} | "
-                         f"{r['c8_median']['rps']:.0f} | {r['c8_median']['p99_ms']:.2f} |")
+            lines.append(
+                f"| {name} | {r['c1']['p50_ms']:.2f} | {r['c1']['rps']:.0f} | "
+                f"{r['c8_median']['rps']:.0f} | {r['c8_median']['p99_ms']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -445,11 +485,12 @@ def main() -> None:
     tool = ("wrk" if have_wrk() else "python") if args.tool == "auto" else args.tool
     workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     report: dict[str, Any] = {
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "tool": tool,
         "duration_s": args.duration,
-        "command": "python bench/serving/run.py" + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""),
+        "command": "python bench/serving/run.py"
+        + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""),
     }
     servers: list[Server] = []
     report["loadavg_start"] = os.getloadavg()[0]
@@ -469,9 +510,22 @@ def main() -> None:
         servers.append(ours)
         theirs = start(
             "mlflow-serve",
-            [str(Path(PY).with_name("mlflow")), "models", "serve", "-m", f"models:/{MODEL}@{ALIAS}",
-             "--env-manager", "local", "-p", str(mlflow_port), "-h", HOST],
-            base_env(store.uri), mlflow_port, workdir,
+            [
+                str(Path(PY).with_name("mlflow")),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{MODEL}@{ALIAS}",
+                "--env-manager",
+                "local",
+                "-p",
+                str(mlflow_port),
+                "-h",
+                HOST,
+            ],
+            base_env(store.uri),
+            mlflow_port,
+            workdir,
         )
         servers.append(theirs)
         wait_http(ours, "/ready")

@@ -21,8 +21,15 @@ def main() -> None:
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(
-        "serving.app:create_app", factory=True, host="127.0.0.1", port=port, workers=workers,
-        loop=loop, http="httptools", log_level="warning", access_log=False,
+        "serving.app:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=port,
+        workers=workers,
+        loop=loop,
+        http="httptools",
+        log_level="warning",
+        access_log=False,
     )
     if workers == 1:
         uvicorn.Server(config).run()

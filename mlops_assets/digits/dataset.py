@@ -64,13 +64,15 @@ def validate_digits(images: object, labels: object, origin: str = "data") -> Lab
         raise DigitsDataError(f"{origin}: no images")
     bad_rows = np.flatnonzero(~np.isfinite(pixels).all(axis=1))
     if bad_rows.size:
-        raise DigitsDataError(f"{origin}: {bad_rows.size} images contain NaN or infinite pixels, e.g. image {int(bad_rows[0])}")
+        raise DigitsDataError(
+            f"{origin}: {bad_rows.size} images contain NaN or infinite pixels, e.g. image {int(bad_rows[0])}"
+        )
     outside = np.flatnonzero(((pixels < 0) | (pixels > MAX_INK)).any(axis=1))
     if outside.size:
         first = int(outside[0])
         raise DigitsDataError(
-            f"{origin}: pixels must be in 0..16 (ink, 16 = fully dark); {outside.size} images are not, e.g. image {first} "
-            f"has values {pixels[first].min():g}..{pixels[first].max():g}"
+            f"{origin}: pixels must be in 0..16 (ink, 16 = fully dark); {outside.size} images are not, "
+            f"e.g. image {first} has values {pixels[first].min():g}..{pixels[first].max():g}"
         )
     raw_labels = np.asarray(labels)
     if raw_labels.ndim != 1 or len(raw_labels) != len(pixels):
@@ -82,7 +84,8 @@ def validate_digits(images: object, labels: object, origin: str = "data") -> Lab
     wrong = np.flatnonzero(~np.isin(as_float, CLASSES))
     if wrong.size:
         raise DigitsDataError(
-            f"{origin}: labels must be the integers 0..9; {wrong.size} are not, e.g. label {raw_labels[wrong[0]].item()!r} of image {int(wrong[0])}"
+            f"{origin}: labels must be the integers 0..9; {wrong.size} are not, e.g. label "
+            f"{raw_labels[wrong[0]].item()!r} of image {int(wrong[0])}"
         )
     digits = LabelledDigits(pixels, as_float.astype("int64"))
     scarce = {digit: count for digit, count in digits.class_counts().items() if count < MIN_PER_CLASS}
@@ -99,7 +102,9 @@ def read_npz(path: Path) -> LabelledDigits:
         with np.load(path, allow_pickle=False) as archive:
             missing = [name for name in ("images", "labels") if name not in archive.files]
             if missing:
-                raise DigitsDataError(f"{path}: missing arrays {missing} (found {sorted(archive.files)}; expected 'images' and 'labels')")
+                raise DigitsDataError(
+                    f"{path}: missing arrays {missing} (found {sorted(archive.files)}; expected 'images' and 'labels')"
+                )
             images, labels = archive["images"], archive["labels"]
     except DigitsDataError:
         raise
@@ -112,7 +117,9 @@ def split_digits(digits: LabelledDigits, test_fraction: float = TEST_FRACTION, s
     """Stratified, seeded: the same table always gives the same holdout (champion and challenger)."""
     order = np.arange(len(digits))
     try:
-        train_idx, test_idx = train_test_split(order, test_size=test_fraction, stratify=digits.labels, random_state=seed)
+        train_idx, test_idx = train_test_split(
+            order, test_size=test_fraction, stratify=digits.labels, random_state=seed
+        )
     except ValueError as error:  # too few images for every class to appear on both sides
         raise DigitsDataError(
             f"{len(digits)} images are too few for a stratified {1 - test_fraction:.0%}/{test_fraction:.0%} split "

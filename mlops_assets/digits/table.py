@@ -32,7 +32,12 @@ def replace_digit_images(warehouse: WarehouseResource, source: str, digits: Labe
     engine = warehouse.engine
     metadata.create_all(engine)
     rows = [
-        {"image_id": index, "source": source, "label": int(label), **dict(zip(PIXEL_COLUMNS, map(float, image), strict=True))}
+        {
+            "image_id": index,
+            "source": source,
+            "label": int(label),
+            **dict(zip(PIXEL_COLUMNS, map(float, image), strict=True)),
+        }
         for index, (image, label) in enumerate(zip(digits.images, digits.labels, strict=True))
     ]
     with engine.begin() as connection:
@@ -46,7 +51,9 @@ def read_digit_images(warehouse: WarehouseResource) -> tuple[str, LabelledDigits
     engine = warehouse.engine
     metadata.create_all(engine)
     table = digit_images_table
-    query = sa.select(table.c.source, table.c.label, *[table.c[name] for name in PIXEL_COLUMNS]).order_by(table.c.image_id)
+    query = sa.select(table.c.source, table.c.label, *[table.c[name] for name in PIXEL_COLUMNS]).order_by(
+        table.c.image_id
+    )
     with engine.connect() as connection:
         rows = connection.execute(query).all()
     if not rows:

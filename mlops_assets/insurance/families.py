@@ -61,7 +61,9 @@ def build_encoder() -> ColumnTransformer:
             ("numeric", StandardScaler(), list(NUMERIC)),
             (
                 "categorical",
-                OneHotEncoder(categories=[list(CATEGORIES[c]) for c in CATEGORIES], drop="if_binary", handle_unknown="error"),
+                OneHotEncoder(
+                    categories=[list(CATEGORIES[c]) for c in CATEGORIES], drop="if_binary", handle_unknown="error"
+                ),
                 list(CATEGORIES),
             ),
         ],
@@ -106,7 +108,7 @@ def split_policies(policies: pd.DataFrame, test_fraction: float = 0.2, seed: int
     """Seeded random split: the same table always gives the same holdout (champion and challenger)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(policies))
-    n_test = int(round(test_fraction * len(policies)))
+    n_test = round(test_fraction * len(policies))
     test = policies.iloc[np.sort(order[:n_test])].reset_index(drop=True)
     train = policies.iloc[np.sort(order[n_test:])].reset_index(drop=True)
     return Split(train, test)

@@ -51,7 +51,10 @@ def fit_and_score(config: dict[str, Any], train: pd.DataFrame, holdout: pd.DataF
         fit_seconds = time.perf_counter() - began
         predictions = model.predict(holdout[list(FEATURES)])
     return InsuranceFit(
-        model, float(mean_absolute_error(holdout[TARGET], predictions)), float(r2_score(holdout[TARGET], predictions)), fit_seconds
+        model,
+        float(mean_absolute_error(holdout[TARGET], predictions)),
+        float(r2_score(holdout[TARGET], predictions)),
+        fit_seconds,
     )
 
 

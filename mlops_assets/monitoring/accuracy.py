@@ -79,7 +79,10 @@ def score_forecasts(forecasts: pd.DataFrame, observed: pd.Series) -> AccuracyRes
 
     errors = np.abs(predicted[scored] - actual[scored])
     keys = pd.DataFrame(
-        {"model_version": forecasts["model_version"].astype(str).to_numpy()[scored], "day": issued[scored].dt.date.to_numpy()}
+        {
+            "model_version": forecasts["model_version"].astype(str).to_numpy()[scored],
+            "day": issued[scored].dt.date.to_numpy(),
+        }
     )
     per_lead = pd.DataFrame(errors, columns=list(LEAD_COLUMNS))
     grouped = pd.concat([keys, per_lead], axis=1).groupby(["model_version", "day"], sort=True)

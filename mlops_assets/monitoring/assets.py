@@ -6,7 +6,6 @@ each, scores them (`accuracy.py`), replaces the day's rows of `forecast_accuracy
 logs each version's daily MAE to the version's MLflow run.
 """
 
-
 import datetime as dt
 import math
 import time
@@ -52,7 +51,11 @@ ACCURACY_CONDITION = (
     partitions_def=atmos_daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     # Raw partitions are the source's local days: a UTC day's forecasts reach into the local day before and after.
-    deps=[dg.AssetDep(raw_atmos_observations, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=1))],
+    deps=[
+        dg.AssetDep(
+            raw_atmos_observations, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=1)
+        )
+    ],
     automation_condition=ACCURACY_CONDITION,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL),
     kinds={"sql", "mlflow"},
@@ -113,13 +116,16 @@ def read_served_forecasts(engine: sa.Engine, model_name: str, start: pd.Timestam
         table.c.last_observed_at < end.to_pydatetime(),
     )
     with engine.connect() as connection:
-        frame = pd.DataFrame(connection.execute(query).mappings().all(), columns=["request_id", "model_version", "last_observed_at", "forecast"])
+        frame = pd.DataFrame(
+            connection.execute(query).mappings().all(),
+            columns=["request_id", "model_version", "last_observed_at", "forecast"],
+        )
     frame["last_observed_at"] = _utc(frame["last_observed_at"])
     return frame
 
 
 def read_observations(engine: sa.Engine, station: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    """The station's temperature and its QC flag for the hours (start, end] (what forecasts of [start, end - 24 h) need)."""
+    """The station's temperature and QC flag for the hours (start, end] (what forecasts of [start, end - 24 h) need)."""
     table = atmos_observations
     query = sa.select(table.c.time, table.c.tmp, table.c.tmp_qc).where(
         table.c.station == station, table.c.time > start.to_pydatetime(), table.c.time <= end.to_pydatetime()
@@ -137,9 +143,13 @@ def replace_accuracy(engine: sa.Engine, model_name: str, days: Sequence[dt.date]
     outside = sorted({d for d in rows["day"] if d not in set(days)})
     if outside:
         raise ValueError(f"accuracy rows for days outside the partitions: {outside[:3]}")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     records = [
-        {"model_name": model_name, "scored_at": now, **{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}}
+        {
+            "model_name": model_name,
+            "scored_at": now,
+            **{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()},
+        }
         for row in rows.to_dict(orient="records")
     ]
     table = forecast_accuracy

@@ -1,6 +1,5 @@
 """Drift of what the champion is served against the windows it was trained on (a WARN check)."""
 
-
 import datetime as dt
 import json
 
@@ -84,7 +83,9 @@ def read_served_inputs(engine: sa.Engine, model_name: str, lookback_days: float)
     ensure_tables(engine)
     table = served_forecasts
     with engine.connect() as connection:
-        newest = connection.execute(sa.select(sa.func.max(table.c.received_at)).where(table.c.model_name == model_name)).scalar()
+        newest = connection.execute(
+            sa.select(sa.func.max(table.c.received_at)).where(table.c.model_name == model_name)
+        ).scalar()
         if newest is None:
             return ServedInputs({}, 0, None, None)
         newest = to_utc(newest)

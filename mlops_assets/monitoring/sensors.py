@@ -4,7 +4,6 @@ Configuration comes from resources (resolved at each tick) and, for the alert we
 the pipeline settings (`ALERT_WEBHOOK_URL`) read when the sensor evaluates; nothing is read at import.
 """
 
-
 import datetime as dt
 import json
 import os
@@ -70,7 +69,9 @@ def champion_alias_sensor(context: dg.SensorEvaluationContext, registry: MlflowR
             "moved_by": "outside Dagster",
             "champion_version_materialized": materialized,
         }
-        metadata.update({key: tags[key] for key in ("rollback_reason", "rolled_back_at", "rolled_back_from") if key in tags})
+        metadata.update(
+            {key: tags[key] for key in ("rollback_reason", "rolled_back_at", "rolled_back_from") if key in tags}
+        )
         events.append(dg.AssetObservation(asset_key=asset_key, metadata=metadata))
     return dg.SensorResult(asset_events=events, cursor=json.dumps(current, sort_keys=True))
 
@@ -167,7 +168,10 @@ def csv_local_days(source: CsvObservationSource) -> tuple[dt.date, dt.date]:
     description="Retrains when the champion's realized MAE exceeds its test MAE by the margin on enough scored days.",
 )
 def champion_degradation_sensor(
-    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, registry: MlflowRegistry, monitoring: MonitoringSettings
+    context: dg.SensorEvaluationContext,
+    warehouse: WarehouseResource,
+    registry: MlflowRegistry,
+    monitoring: MonitoringSettings,
 ) -> dg.RunRequest | dg.SkipReason:
     """One run per episode: the run key names the version and the first day of the bad streak."""
     champion = registry.champion(ATMOS_MODEL_NAME)
@@ -202,7 +206,9 @@ def champion_degradation_sensor(
     )
 
 
-def degradation_episode(days: pd.DataFrame, test_mae: float, margin: float, min_days: int) -> tuple[dt.date, int] | None:
+def degradation_episode(
+    days: pd.DataFrame, test_mae: float, margin: float, min_days: int
+) -> tuple[dt.date, int] | None:
     """(first day, length) of the streak of latest scored days above test MAE x (1 + margin), if long enough.
 
     The streak is the run of consecutive *scored* days (days without served forecasts neither
@@ -265,7 +271,7 @@ def post_json(url: str, payload: dict[str, Any], timeout: float = 10.0) -> None:
         url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (operator-configured URL)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
     except urllib.error.HTTPError as error:
         raise RuntimeError(f"alert webhook answered HTTP {error.code}: {error.read()[:200]!r}") from error

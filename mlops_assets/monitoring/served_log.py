@@ -72,7 +72,7 @@ def create_warehouse_engine(url: str = DEFAULT_WAREHOUSE_URL, connect_timeout: f
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         connect_args["timeout"] = connect_timeout  # busy timeout while another writer holds the lock
     elif backend == "postgresql":
-        connect_args["connect_timeout"] = max(1, int(math.ceil(connect_timeout)))
+        connect_args["connect_timeout"] = max(1, math.ceil(connect_timeout))
     engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
         sa.event.listen(engine, "connect", _sqlite_write_ahead_log)
@@ -99,7 +99,7 @@ def as_utc(moment: dt.datetime) -> dt.datetime:
     """An aware UTC datetime; naive values are refused (UTC or local time would be a guess)."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"{moment!r} has no time zone: pass an aware datetime (UTC)")
-    return moment.astimezone(dt.timezone.utc)
+    return moment.astimezone(dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +160,16 @@ def json_text(values: Any) -> str:
     return text
 
 
-_COLUMNS = ("request_id", "model_name", "model_version", "received_at", "last_observed_at", "forecast", "inputs", "covariates")
+_COLUMNS = (
+    "request_id",
+    "model_name",
+    "model_version",
+    "received_at",
+    "last_observed_at",
+    "forecast",
+    "inputs",
+    "covariates",
+)
 #: PostgreSQL COPY text format: backslash, tab, newline and carriage return are escaped, NULL is \N.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -205,4 +214,4 @@ def insert_served(engine: sa.Engine, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def to_utc(value: dt.datetime) -> dt.datetime:
     """A datetime read back from the warehouse as aware UTC (SQLite returns naive UTC)."""
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)

@@ -40,8 +40,12 @@ def build_observation_source(settings: PipelineSettings) -> ObservationSource:
         )
     # The key is always an EnvVar unless given as an argument: the code location may load without it,
     # the run reads it when it starts (README) and fails there naming KMA_SERVICE_KEY.
-    service_key = settings.resource_value("kma_service_key") if settings.kma_service_key else settings.env_var("kma_service_key")
-    endpoint = settings.resource_value("kma_asos_endpoint") if settings.kma_asos_endpoint else KmaAsosClient.DEFAULT_ENDPOINT
+    service_key = (
+        settings.resource_value("kma_service_key") if settings.kma_service_key else settings.env_var("kma_service_key")
+    )
+    endpoint = (
+        settings.resource_value("kma_asos_endpoint") if settings.kma_asos_endpoint else KmaAsosClient.DEFAULT_ENDPOINT
+    )
     return KmaObservationSource(service_key=service_key, endpoint=endpoint, station_id=station)
 
 

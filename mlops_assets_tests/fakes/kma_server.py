@@ -19,12 +19,12 @@ Usage::
     from mlops_assets_tests.fakes.kma_server import Scenario, running_kma_server
 
     with running_kma_server() as kma:
-        kma.enqueue(Scenario.http_error(500))          # first request fails, the next ones succeed
+        kma.enqueue(Scenario.http_error(500))  # first request fails, the next ones succeed
         with KmaAsosClient(service_key=kma.service_key, endpoint=kma.endpoint) as client:
             frame = client.fetch_hourly("108", date(2019, 1, 1), date(2019, 1, 31))
-        assert len(kma.requests) == 2                   # each a dict of the query parameters
+        assert len(kma.requests) == 2  # each a dict of the query parameters
 
-    with running_kma_server(Scenario.result("22")) as kma:   # every request: call limit exceeded
+    with running_kma_server(Scenario.result("22")) as kma:  # every request: call limit exceeded
         ...
 
 `kma.service_key` is the only key the server accepts (it contains `+`, `/` and `=` to catch double
@@ -52,7 +52,18 @@ from zoneinfo import ZoneInfo
 PATH = "/1360000/AsosHourlyInfoService/getWthrDataList"
 #: The key the fake accepts by default: base64-like, with characters that need URL encoding.
 DEFAULT_SERVICE_KEY = "fAkE+kma/Key0123456789abcdefghijklmnopqrstuvwxyz=="
-REQUIRED_PARAMS = ("pageNo", "numOfRows", "dataType", "dataCd", "dateCd", "startDt", "startHh", "endDt", "endHh", "stnIds")
+REQUIRED_PARAMS = (
+    "pageNo",
+    "numOfRows",
+    "dataType",
+    "dataCd",
+    "dateCd",
+    "startDt",
+    "startHh",
+    "endDt",
+    "endHh",
+    "stnIds",
+)
 STATION_NAMES = {"108": "서울", "112": "인천", "133": "대전", "143": "대구", "156": "광주", "159": "부산"}
 RESULT_MESSAGES = {
     "00": "NORMAL_SERVICE",
@@ -128,7 +139,9 @@ class Scenario:
     @classmethod
     def result(cls, code: str, message: str | None = None, *, xml: bool = False, status: int = 200) -> Scenario:
         """The service envelope with this resultCode and no items (JSON, or XML if `xml`)."""
-        return cls("result", status=status, code=code, message=message or RESULT_MESSAGES.get(code, "UNKNOWN_ERROR"), xml=xml)
+        return cls(
+            "result", status=status, code=code, message=message or RESULT_MESSAGES.get(code, "UNKNOWN_ERROR"), xml=xml
+        )
 
     @classmethod
     def no_data(cls) -> Scenario:
@@ -140,7 +153,9 @@ class Scenario:
         cls, code: str = "30", message: str | None = None, *, xml: bool = True, status: int = 403
     ) -> Scenario:
         """The data.go.kr gateway's `OpenAPI_ServiceResponse` error (XML by default, even for JSON)."""
-        return cls("gateway", status=status, code=code, message=message or RESULT_MESSAGES.get(code, "UNKNOWN_ERROR"), xml=xml)
+        return cls(
+            "gateway", status=status, code=code, message=message or RESULT_MESSAGES.get(code, "UNKNOWN_ERROR"), xml=xml
+        )
 
     @classmethod
     def garbage(cls, status: int = 200) -> Scenario:
@@ -161,7 +176,7 @@ def _item(station: str, when: dt.datetime) -> dict[str, str]:
     day_of_year = when.timetuple().tm_yday
     seasonal = 12.5 - 14.0 * math.cos(2 * math.pi * (day_of_year - 15) / 365.25)
     ta = round(seasonal + 4.0 * math.sin(2 * math.pi * (when.hour - 9) / 24), 1)
-    hm = int(round(65 - 20 * math.sin(2 * math.pi * (when.hour - 9) / 24)))
+    hm = round(65 - 20 * math.sin(2 * math.pi * (when.hour - 9) / 24))
     td = round(ta - (100 - hm) / 5, 1)
     pa = round(1005.0 + 8.0 * math.cos(2 * math.pi * day_of_year / 365.25), 1)
     rainy = (h // 24) % 7 == 3 and 6 <= when.hour <= 11
@@ -291,10 +306,15 @@ class FakeKmaServer:
             start = dt.datetime.strptime(query["startDt"] + query["startHh"], "%Y%m%d%H")
             end = dt.datetime.strptime(query["endDt"] + query["endHh"], "%Y%m%d%H")
             valid = (
-                page_no >= 1 and num_rows >= 1 and start <= end
-                and query["dataCd"] == "ASOS" and query["dateCd"] == "HR"
-                and query["dataType"].upper() in ("JSON", "XML") and query["stnIds"].isdigit()
-                and len(query["startHh"]) == 2 and len(query["endHh"]) == 2
+                page_no >= 1
+                and num_rows >= 1
+                and start <= end
+                and query["dataCd"] == "ASOS"
+                and query["dateCd"] == "HR"
+                and query["dataType"].upper() in ("JSON", "XML")
+                and query["stnIds"].isdigit()
+                and len(query["startHh"]) == 2
+                and len(query["endHh"]) == 2
             )
         except ValueError:
             valid = False
@@ -304,7 +324,8 @@ class FakeKmaServer:
             return _envelope(200, "99", "전날 자료까지 제공됩니다.", xml=xml)
 
         items = [
-            item for item in hourly_items(query["stnIds"], start.date(), end.date())
+            item
+            for item in hourly_items(query["stnIds"], start.date(), end.date())
             if start <= dt.datetime.strptime(item["tm"], "%Y-%m-%d %H:%M") <= end
         ]
         if scenario.kind == "fixed_items":
@@ -314,13 +335,17 @@ class FakeKmaServer:
         elif scenario.kind == "duplicates":
             items = items[:3] + items
         elif scenario.kind == "blank_values":
-            items = [{k: ("" if k not in ("tm", "rnum", "stnId", "stnNm") else v) for k, v in item.items()} for item in items]
+            items = [
+                {k: ("" if k not in ("tm", "rnum", "stnId", "stnNm") else v) for k, v in item.items()} for item in items
+            ]
         if not items:
             return _envelope(200, "03", "NO_DATA", xml=xml)
         for number, item in enumerate(items, start=1):
             item["rnum"] = str(number)
         page = items[(page_no - 1) * num_rows : page_no * num_rows]
-        return _envelope(200, "00", "NORMAL_SERVICE", xml=xml, page=page, page_no=page_no, num_rows=num_rows, total=len(items))
+        return _envelope(
+            200, "00", "NORMAL_SERVICE", xml=xml, page=page, page_no=page_no, num_rows=num_rows, total=len(items)
+        )
 
 
 @contextmanager
@@ -413,7 +438,7 @@ def _handler_for(server: FakeKmaServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             parts = urlsplit(self.path)
             query = {name: values[0] for name, values in parse_qs(parts.query, keep_blank_values=True).items()}
             status, content_type, body = server.respond(parts.path, query)
@@ -426,7 +451,7 @@ def _handler_for(server: FakeKmaServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (a timeout scenario)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        def log_message(self, format: str, *args: Any) -> None:
             """Silent: pytest output stays readable."""
 
     return Handler

@@ -120,9 +120,9 @@ async def test_window_without_time_ends_at_the_latest_whole_utc_hour(
 ) -> None:
     """The original real-time contract: no `last_observed_at` means "the window ends now"."""
     temps, rh = series(3.0), [float(40 + i) for i in range(24)]
-    before = _utc_hour(dt.datetime.now(dt.timezone.utc))
+    before = _utc_hour(dt.datetime.now(dt.UTC))
     response = await calendar_client.put(PATH, json={"time_series": temps, "covariates": {"rh": rh}})
-    after = _utc_hour(dt.datetime.now(dt.timezone.utc))
+    after = _utc_hour(dt.datetime.now(dt.UTC))
     assert response.status_code == 200, response.text
     answer = response.json()
     # Read the hour the service used back from its answer (the clock may cross an hour meanwhile).
@@ -144,12 +144,12 @@ async def test_bare_list_works_for_a_calendar_champion_without_covariates(
     async with AsyncTestClient(make_app()) as c:
         await wait_ready(c)
         temps = series(-2.0)
-        before = _utc_hour(dt.datetime.now(dt.timezone.utc))
+        before = _utc_hour(dt.datetime.now(dt.UTC))
         response = await c.put(PATH, json=temps)
         assert response.status_code == 200, response.text
         answer = response.json()
         last = dt.datetime.fromisoformat(answer["hours"][0].replace("Z", "+00:00")) - dt.timedelta(hours=1)
-        assert before <= last <= _utc_hour(dt.datetime.now(dt.timezone.utc))
+        assert before <= last <= _utc_hour(dt.datetime.now(dt.UTC))
         spec = store.versions["5"].spec
         assert spec is not None and spec.calendar and not spec.covariates
         assert answer["result"] == store.expected("5", feature_row(spec, temps, last))[0].tolist()
@@ -160,10 +160,14 @@ async def test_bare_list_works_for_a_calendar_champion_without_covariates(
 
 
 async def test_hours_are_utc_after_the_given_last_observation(calendar_client: AsyncTestClient[Litestar]) -> None:
-    payload = {"time_series": series(), "last_observed_at": "2013-07-04T18:00:00-04:00", "covariates": {"rh": [50.0] * 24}}
+    payload = {
+        "time_series": series(),
+        "last_observed_at": "2013-07-04T18:00:00-04:00",
+        "covariates": {"rh": [50.0] * 24},
+    }
     answer = (await calendar_client.put(PATH, json=payload)).json()
     assert answer["hours"][0] == "2013-07-04T23:00:00Z" and answer["hours"][-1] == "2013-07-05T22:00:00Z"
-    assert answer["hours"] == _hours_after(dt.datetime(2013, 7, 4, 22, tzinfo=dt.timezone.utc))
+    assert answer["hours"] == _hours_after(dt.datetime(2013, 7, 4, 22, tzinfo=dt.UTC))
     assert len(answer["result"]) == 24
 
 
@@ -176,7 +180,13 @@ BAD_BODIES: list[tuple[str, bytes, int, str, str | None]] = [
     ("empty list", b"[]", 422, "invalid_input", "$"),
     ("NaN token", f"[{_72},NaN]".encode(), 422, "invalid_input", "$[71]"),
     ("Infinity token", f"[Infinity,{_72}]".encode(), 422, "invalid_input", "$[0]"),
-    ("-Infinity in object", f'{{"time_series": [{_72},-Infinity]}}'.encode(), 422, "invalid_input", "$.time_series[71]"),
+    (
+        "-Infinity in object",
+        f'{{"time_series": [{_72},-Infinity]}}'.encode(),
+        422,
+        "invalid_input",
+        "$.time_series[71]",
+    ),
     ("overflowing number", f"[{_72},1e400]".encode(), 422, "invalid_input", "$[71]"),
     ("string number", f'[{_72},"1.5"]'.encode(), 422, "invalid_input", "$[71]"),
     ("boolean", f"[{_72},true]".encode(), 422, "invalid_input", "$[71]"),
@@ -185,8 +195,13 @@ BAD_BODIES: list[tuple[str, bytes, int, str, str | None]] = [
     ("missing field", b"{}", 422, "invalid_input", "$.time_series"),
     ("misspelt field", f'{{"time_series": [{_72},1], "last_observed": "x"}}'.encode(), 422, "invalid_input", "$"),
     ("wrong type field", b'{"time_series": 3}', 422, "invalid_input", "$.time_series"),
-    ("bad timestamp", f'{{"time_series": [{_72},1], "last_observed_at": "yesterday"}}'.encode(), 422, "invalid_input",
-     "$.last_observed_at"),
+    (
+        "bad timestamp",
+        f'{{"time_series": [{_72},1], "last_observed_at": "yesterday"}}'.encode(),
+        422,
+        "invalid_input",
+        "$.last_observed_at",
+    ),
     ("scalar body", b"42", 422, "invalid_input", "$"),
     ("string body", b'"hello"', 422, "invalid_input", "$"),
     ("null body", b"null", 422, "invalid_input", "$"),

@@ -233,7 +233,11 @@ def test_predict_uses_one_blas_and_openmp_thread(inline_below: float) -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     out = subprocess.run(
         [sys.executable, "-c", _ONE_THREAD_PROBE, str(inline_below)],
-        env=env, capture_output=True, text=True, timeout=120, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
         cwd=Path(__file__).resolve().parents[2],
     )
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -286,8 +290,12 @@ def family_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
 def _window(i: int) -> dict[str, Any]:
     rng = np.random.default_rng(i)
     temps = (12 + 6 * np.sin(np.arange(72) / 3.8 + i) + rng.normal(0, 1, 72)).round(3).tolist()
-    when = dt.datetime(2013, 3, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=37 * i)
-    return {"time_series": temps, "last_observed_at": when.isoformat(), "covariates": {"rh": rng.uniform(30, 95, 24).round(2).tolist()}}
+    when = dt.datetime(2013, 3, 1, tzinfo=dt.UTC) + dt.timedelta(hours=37 * i)
+    return {
+        "time_series": temps,
+        "last_observed_at": when.isoformat(),
+        "covariates": {"rh": rng.uniform(30, 95, 24).round(2).tolist()},
+    }
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -311,12 +319,14 @@ async def test_batched_answers_equal_one_row_predicts_for_every_family(
         await wait_ready(client)
         responses = await asyncio.gather(*(client.put(PATH, json=body) for body in bodies))
         metrics = (await client.get("/metrics")).text
-    for body, response in zip(bodies, responses):
+    for body, response in zip(bodies, responses, strict=True):
         assert response.status_code == 200, response.text
         answer = response.json()
         assert answer["model"]["version"] == version
         when = dt.datetime.fromisoformat(body["last_observed_at"])
-        row = feature_row(spec, body["time_series"], when, {"rh": body["covariates"]["rh"]} if spec.covariates else None)
+        row = feature_row(
+            spec, body["time_series"], when, {"rh": body["covariates"]["rh"]} if spec.covariates else None
+        )
         expected = np.asarray(estimator.predict(row))[0]
         np.testing.assert_allclose(answer["result"], expected, rtol=0, atol=1e-9)
     count, total = _histogram(metrics, "serving_batch_size", MODEL)
@@ -325,9 +335,7 @@ async def test_batched_answers_equal_one_row_predicts_for_every_family(
     assert _histogram(metrics, "serving_predict_seconds", MODEL)[0] == count
 
 
-async def test_batched_insurance_answers_equal_the_pipeline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_batched_insurance_answers_equal_the_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
     import mlflow.models
 
@@ -348,7 +356,9 @@ async def test_batched_insurance_answers_equal_the_pipeline(
     mlflow.MlflowClient(uri).set_registered_model_alias("insurance_charges", "champion", version)
 
     rows = split.test[list(FEATURES)].head(40)
-    bodies = [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in rows.to_dict(orient="records")]
+    bodies = [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in rows.to_dict(orient="records")
+    ]
     app = create_app(
         ServingSettings(
             mlflow_tracking_uri=uri, poll_seconds=30, models=("insurance_charges",), max_wait_ms=20.0, inline_below_us=0

@@ -52,7 +52,9 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, DigitClas
 
 
 @pytest.fixture
-async def served(registered: tuple[str, DigitClassifier]) -> AsyncIterator[tuple[AsyncTestClient[Litestar], DigitClassifier]]:
+async def served(
+    registered: tuple[str, DigitClassifier],
+) -> AsyncIterator[tuple[AsyncTestClient[Litestar], DigitClassifier]]:
     from serving.app import create_app
     from serving.settings import ServingSettings
 
@@ -67,7 +69,9 @@ def _square(image: np.ndarray) -> list[list[float]]:
     return np.asarray(image, dtype=float).reshape(8, 8).tolist()
 
 
-async def test_an_array_gets_the_digit_probabilities_and_three_nearest_training_images(served: tuple, holdout: LabelledDigits) -> None:
+async def test_an_array_gets_the_digit_probabilities_and_three_nearest_training_images(
+    served: tuple, holdout: LabelledDigits
+) -> None:
     client, model = served
     for i, method in enumerate(("put", "post", "put", "post", "put")):
         image = holdout.images[i]
@@ -103,7 +107,9 @@ async def test_a_png_drawing_gets_the_same_answer_as_the_array(served: tuple, ho
 def _png_header(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -121,8 +127,8 @@ BLANK_PNG = digit_to_png(np.zeros(64), scale=5)
         ({"image": [GOOD_ROW] * 7 + [[0.0] * 9]}, ["length <= 8", "$.image[7]"]),
         ({"image": [[0.0] * 64]}, ["length <= 8", "$.image[0]"]),
         ({"image": [GOOD_ROW] * 7 + [[0, 0, 0, 17, 0, 0, 0, 0]]}, ["<= 16", "$.image[7][3]"]),
-        ({"image": [[-1] + GOOD_ROW[1:]] + [GOOD_ROW] * 7}, [">= 0", "$.image[0][0]"]),
-        ({"image": [["x"] + GOOD_ROW[1:]] + [GOOD_ROW] * 7}, ["Expected `float`", "$.image[0][0]"]),
+        ({"image": [[-1, *GOOD_ROW[1:]], *[GOOD_ROW] * 7]}, [">= 0", "$.image[0][0]"]),
+        ({"image": [["x", *GOOD_ROW[1:]], *[GOOD_ROW] * 7]}, ["Expected `float`", "$.image[0][0]"]),
         ({}, ["exactly one of `image`", "`png`"]),
         ({"image": [GOOD_ROW] * 8, "png": _b64(BLANK_PNG)}, ["exactly one of"]),
         ({"images": [GOOD_ROW] * 8}, ["unknown field", "images"]),
@@ -134,8 +140,21 @@ BLANK_PNG = digit_to_png(np.zeros(64), scale=5)
         ({"png": _b64(digit_to_png(np.ones(64), 4)[:50])}, ["could not be decoded"]),
     ],
     ids=[
-        "7-rows", "9-columns", "flat-64", "above-16", "negative", "not-a-number", "neither", "both", "unknown-field",
-        "bad-base64", "not-png", "blank-page", "one-pixel", "bomb-header", "truncated-png",
+        "7-rows",
+        "9-columns",
+        "flat-64",
+        "above-16",
+        "negative",
+        "not-a-number",
+        "neither",
+        "both",
+        "unknown-field",
+        "bad-base64",
+        "not-png",
+        "blank-page",
+        "one-pixel",
+        "bomb-header",
+        "truncated-png",
     ],
 )
 async def test_bad_images_are_a_4xx_naming_the_problem(served: tuple, body: dict[str, Any], words: list[str]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,7 +26,9 @@ def policies() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module", params=["gbm", "linear"])
-def registered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, policies: pd.DataFrame) -> tuple[str, object]:
+def registered(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, policies: pd.DataFrame
+) -> tuple[str, object]:
     """A fitted pipeline of each family registered as the `insurance_charges` champion."""
     import mlflow.models
 
@@ -99,13 +100,14 @@ async def test_a_missing_field_is_named(served: tuple) -> None:
 
 
 def test_the_fast_path_equals_the_pipeline_on_every_public_row(policies: pd.DataFrame) -> None:
-    from serving.models.insurance_charges import ChargeModel, build_input, predict
     from serving.models._insurance_encoding import FastRowEncoder
-    from serving.models.insurance_charges import InsuranceRequest
+    from serving.models.insurance_charges import ChargeModel, InsuranceRequest, build_input, predict
 
     split = split_policies(policies)
     pipeline = build_insurance_model({"family": "gbm"}).fit(split.train[list(FEATURES)], split.train["charges"])
     model = ChargeModel(pipeline, FastRowEncoder(pipeline.named_steps["encode"]), pipeline.named_steps["model"])
     rows = policies[list(FEATURES)]
-    fast = np.array([predict(model, build_input(model, InsuranceRequest(**row)))[0] for row in rows.to_dict(orient="records")])
+    fast = np.array(
+        [predict(model, build_input(model, InsuranceRequest(**row)))[0] for row in rows.to_dict(orient="records")]
+    )
     np.testing.assert_allclose(fast, pipeline.predict(rows), rtol=1e-9, atol=1e-6)

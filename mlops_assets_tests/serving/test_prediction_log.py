@@ -17,7 +17,7 @@ from mlops_assets.monitoring.served_log import ServedForecast, served_forecasts
 from mlops_assets_tests.conftest import _fresh_database
 from serving.prediction_log import PredictionLog, prediction_log_enabled, served_record
 
-T0 = dt.datetime(2013, 6, 1, 12, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2013, 6, 1, 12, tzinfo=dt.UTC)
 
 
 def record(i: int, version: str = "3") -> ServedForecast:
@@ -84,13 +84,17 @@ def test_many_concurrent_enqueues_are_all_written(url: str) -> None:
 
     engine = sa.create_engine(url)
     with engine.connect() as connection:
-        row = connection.execute(sa.select(served_forecasts).where(served_forecasts.c.request_id == "req-000007")).mappings().one()
+        row = (
+            connection.execute(sa.select(served_forecasts).where(served_forecasts.c.request_id == "req-000007"))
+            .mappings()
+            .one()
+        )
     engine.dispose()
     assert json.loads(row["forecast"]) == pytest.approx([7 + h / 10 for h in range(24)])
     assert json.loads(row["inputs"]) == [float(h) for h in range(72)]
     assert json.loads(row["covariates"]) == {"rh": [50.0 + h for h in range(24)]}
     stored = row["last_observed_at"]
-    stored = stored.replace(tzinfo=dt.timezone.utc) if stored.tzinfo is None else stored
+    stored = stored.replace(tzinfo=dt.UTC) if stored.tzinfo is None else stored
     assert stored == T0 + dt.timedelta(hours=7)
 
 
@@ -134,7 +138,9 @@ def test_locked_warehouse_recovers_without_losing_accepted_rows(tmp_path: Path) 
     registry = CollectorRegistry()
 
     async def scenario() -> int:
-        log = PredictionLog(url, registry=registry, max_queue=300, retry_seconds=0.05, max_retry_seconds=0.2, connect_timeout=0.1)
+        log = PredictionLog(
+            url, registry=registry, max_queue=300, retry_seconds=0.05, max_retry_seconds=0.2, connect_timeout=0.1
+        )
         async with log.running():
             assert log.enqueue(record(0))
             while count_rows_or_zero(url) == 0:  # tables created, first row written

@@ -60,7 +60,9 @@ def live(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     store.set_champion("1")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "PROMETHEUS_"))}
-    env.update(MLFLOW_TRACKING_URI=store.uri, SERVING_POLL_SECONDS="0.2", MLFLOW_DISABLE_TELEMETRY="true", SERVING_MODELS=MODEL)
+    env.update(
+        MLFLOW_TRACKING_URI=store.uri, SERVING_POLL_SECONDS="0.2", MLFLOW_DISABLE_TELEMETRY="true", SERVING_MODELS=MODEL
+    )
     log = root / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -79,7 +81,7 @@ def live(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             assert time.monotonic() < deadline, log.read_text()
             try:
                 text = httpx.get(f"{server.url}/metrics", timeout=2).text
-                loaded = [l for l in _metric_lines(text, "serving_model_version") if l.endswith(" 1.0")]
+                loaded = [line for line in _metric_lines(text, "serving_model_version") if line.endswith(" 1.0")]
                 if len(loaded) == 2:
                     break
             except httpx.TransportError:
@@ -98,11 +100,11 @@ def test_two_workers_answer_and_metrics_merge_across_them(live: LiveServer) -> N
             assert response.status_code == 200 and response.json()["model"]["version"] == "1"
         text = client.get("/metrics").text
     versions = _metric_lines(text, "serving_model_version")
-    assert len({re.search(r'pid="(\d+)"', l).group(1) for l in versions}) == 2, versions  # type: ignore[union-attr]
+    assert len({re.search(r'pid="(\d+)"', line).group(1) for line in versions}) == 2, versions  # type: ignore[union-attr]
     counted = f'serving_requests_total{{method="PUT",route="{PATH}",status="200"}}'
 
     def total(t: str) -> float:
-        return sum(float(l.rsplit(" ", 1)[1]) for l in t.splitlines() if l.startswith(counted))
+        return sum(float(line.rsplit(" ", 1)[1]) for line in t.splitlines() if line.startswith(counted))
 
     assert total(text) - total(before) == 40  # whichever worker answered, all are counted
 

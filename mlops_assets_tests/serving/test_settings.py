@@ -8,6 +8,7 @@ import pytest
 
 from serving.settings import DEFAULT_MODELS, ServingSettings, default_workers
 
+
 @pytest.fixture(autouse=True)
 def _no_service_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever the shell exported, each test starts from the defaults."""
@@ -74,7 +75,9 @@ def test_an_empty_token_means_no_auth(monkeypatch: pytest.MonkeyPatch) -> None:
         ("SERVING_PREDICTION_LOG", "maybe", "SERVING_PREDICTION_LOG must be 'on' or 'off'"),
     ],
 )
-def test_bad_values_raise_naming_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
+def test_bad_values_raise_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=message):
         ServingSettings.from_env()
@@ -90,10 +93,20 @@ def test_unknown_model_fails_create_app() -> None:
 def test_batching_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = ServingSettings.from_env()
     assert defaults.max_batch >= 1 and defaults.deadline_ms > 0 and defaults.inline_below_us > 0
-    for name, value in {"SERVING_MAX_BATCH": "8", "SERVING_MAX_WAIT_MS": "0.5", "SERVING_DEADLINE_MS": "250", "SERVING_INLINE_BELOW_US": "0"}.items():
+    for name, value in {
+        "SERVING_MAX_BATCH": "8",
+        "SERVING_MAX_WAIT_MS": "0.5",
+        "SERVING_DEADLINE_MS": "250",
+        "SERVING_INLINE_BELOW_US": "0",
+    }.items():
         monkeypatch.setenv(name, value)
     settings = ServingSettings.from_env()
-    assert (settings.max_batch, settings.max_wait_ms, settings.deadline_ms, settings.inline_below_us) == (8, 0.5, 250.0, 0.0)
+    assert (settings.max_batch, settings.max_wait_ms, settings.deadline_ms, settings.inline_below_us) == (
+        8,
+        0.5,
+        250.0,
+        0.0,
+    )
 
 
 def test_one_worker_per_available_core_is_the_default_of_both_commands() -> None:

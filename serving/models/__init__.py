@@ -1,10 +1,10 @@
 """What the generic service needs from one served model family, and where each one lives.
 
 A served model is one small module in this package exposing `MODEL: ModelModule`: the registered
-model name (also the route `/predict/<name>`, unless `route` says otherwise), the request and response types, how to load a
-registry version into an in-memory artifact, how to turn a decoded request into the estimator's
-input, and how to shape the estimator's output into the response. The cache, poller, routes,
-metrics and OpenAPI schema are generic over these modules.
+model name (also the route `/predict/<name>`, unless `route` says otherwise), the request and
+response types, how to load a registry version's files into an in-memory artifact, how to turn a
+decoded request into the estimator's input, and how to shape the estimator's output into the
+response. The cache, poller, routes, metrics and OpenAPI schema are generic over these modules.
 
 To add a model: write `serving/models/<name>.py` with `MODEL = ModelModule(...)`, list it in
 `MODULES` below, and add `<name>` to `SERVING_MODELS`.
@@ -52,8 +52,9 @@ class ModelModule(Generic[ArtifactT, BodyT, InputT, OutputT]):
     request_type: Any
     #: msgspec Struct returned on success (documents the 200 response).
     response_type: type[msgspec.Struct]
-    #: Model URI (`models:/<name>/<version>`) -> in-memory artifact. Runs in a worker thread,
-    #: may talk to MLflow; raises when the version is not usable (it is then not swapped in).
+    #: Local directory of one registry version's MLflow model (the cache downloads it from the
+    #: configured registry) -> in-memory artifact. Runs in a worker thread and reads only that
+    #: directory; raises when the version is not usable (it is then not swapped in).
     load: Callable[[str], ArtifactT]
     #: Decoded request -> estimator input. Raises `InvalidInput` for what the type cannot express
     #: (e.g. covariates the loaded version needs). Must not talk to MLflow.

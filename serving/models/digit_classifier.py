@@ -35,7 +35,10 @@ Image = Annotated[
     msgspec.Meta(
         min_length=SIDE,
         max_length=SIDE,
-        description="8 rows of 8 pixels, ink 0 (none) .. 16 (fully dark), row by row from the top: the layout of scikit-learn's load_digits.",
+        description=(
+            "8 rows of 8 pixels, ink 0 (none) .. 16 (fully dark), row by row from the top: "
+            "the layout of scikit-learn's load_digits."
+        ),
     ),
 ]
 
@@ -44,7 +47,10 @@ class DigitsRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Exactly one of `image` (the dataset's 8x8 layout) or `png` (base64 PNG, dark digit on light background)."""
 
     image: Image | None = None
-    png: Annotated[bytes | None, msgspec.Meta(description="Base64 PNG of a dark digit on a light background, any size up to 4 megapixels.")] = None
+    png: Annotated[
+        bytes | None,
+        msgspec.Meta(description="Base64 PNG of a dark digit on a light background, any size up to 4 megapixels."),
+    ] = None
 
 
 class Neighbour(msgspec.Struct):
@@ -75,26 +81,30 @@ class DigitsOutput:
     index_images: np.ndarray
 
 
-def load(model_uri: str) -> DigitModel:
-    """Load a version and check it is a digit classifier with its neighbour index, before serving it."""
-    import mlflow
+def load(model_dir: str) -> DigitModel:
+    """Load a version's files and check it is a digit classifier with its neighbour index, before serving it."""
+    import mlflow.sklearn
 
     from mlops_assets.digits.families import DigitClassifier
 
-    classifier = mlflow.sklearn.load_model(model_uri)
+    classifier = mlflow.sklearn.load_model(model_dir)
     if not isinstance(classifier, DigitClassifier):
-        raise ValueError(f"{model_uri}: expected a DigitClassifier, got {type(classifier).__name__}")
+        raise ValueError(f"{model_dir}: expected a DigitClassifier, got {type(classifier).__name__}")
     images = np.asarray(getattr(classifier, "index_images_", np.empty((0, 0))))
     labels = np.asarray(getattr(classifier, "index_labels_", np.empty(0)))
     if images.ndim != 2 or images.shape[1] != PIXELS or len(images) != len(labels) or len(labels) < NEAREST:
-        raise ValueError(f"{model_uri}: the neighbour index is missing or malformed (images {images.shape}, labels {labels.shape})")
+        raise ValueError(
+            f"{model_dir}: the neighbour index is missing or malformed (images {images.shape}, labels {labels.shape})"
+        )
     if [int(c) for c in classifier.classes_] != list(CLASSES):
-        raise ValueError(f"{model_uri}: classes are {list(classifier.classes_)}, expected the digits 0..9")
+        raise ValueError(f"{model_dir}: classes are {list(classifier.classes_)}, expected the digits 0..9")
     probe = images[:NEAREST]
     probabilities = classifier.predict_proba(probe)
     if probabilities.shape != (NEAREST, len(CLASSES)) or not np.all(np.isfinite(probabilities)):
-        raise ValueError(f"{model_uri}: predict_proba gave {probabilities.shape} or non-finite values on probe images")
-    log.info("%s: %s, family %s, index of %d images", model_uri, type(classifier).__name__, classifier.family, len(labels))
+        raise ValueError(f"{model_dir}: predict_proba gave {probabilities.shape} or non-finite values on probe images")
+    log.info(
+        "%s: %s, family %s, index of %d images", model_dir, type(classifier).__name__, classifier.family, len(labels)
+    )
     return DigitModel(classifier)
 
 
@@ -120,7 +130,9 @@ def decode_body(body: bytes, content_type: str) -> DigitsRequest:
 
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "image/png":
-        raise HTTPException(status_code=415, detail=f"send JSON or an image/png body, not {media or 'no content type'!r}")
+        raise HTTPException(
+            status_code=415, detail=f"send JSON or an image/png body, not {media or 'no content type'!r}"
+        )
     if not body:
         raise InvalidInput("the PNG body is empty", "$")
     return DigitsRequest(png=body)
@@ -172,8 +184,8 @@ MODEL: ModelModule[DigitModel, DigitsRequest, np.ndarray, DigitsOutput] = ModelM
     predict=predict,
     shape_response=shape_response,
     description=(
-        "Classify a handwritten digit: `{\"image\": [[8x8 numbers 0..16]]}` in the layout of scikit-learn's "
-        "load_digits (ink high), or `{\"png\": \"<base64>\"}` of a dark digit on a light background of any size. "
+        'Classify a handwritten digit: `{"image": [[8x8 numbers 0..16]]}` in the layout of scikit-learn\'s '
+        'load_digits (ink high), or `{"png": "<base64>"}` of a dark digit on a light background of any size. '
         "Answers the digit, the ten probabilities and the three nearest training images."
     ),
     route="digits",

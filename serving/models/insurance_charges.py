@@ -3,9 +3,10 @@
 The registered model is a scikit-learn `Pipeline` (`encode` -> `model`, see
 `mlops_assets.insurance.families`). Its fitted `ColumnTransformer` costs ~3.4 ms per single row,
 so the service encodes with `FastRowEncoder` (`_insurance_encoding.py`: the same scaling and
-one-hot arithmetic on arrays) and calls the `model` step through `serving.models._sklearn.predictor` (a gradient-boosting step is
-compiled to packed NumPy trees: ~30 us instead of ~3 ms per row; a ridge step becomes its
-arithmetic); at load time both paths must agree on probe rows, or the version is not swapped in.
+one-hot arithmetic on arrays) and calls the `model` step through `serving.models._sklearn.predictor`
+(a gradient-boosting step is compiled to packed NumPy trees: ~30 us instead of ~3 ms per row; a
+ridge step becomes its arithmetic); at load time both paths must agree on probe rows, or the
+version is not swapped in.
 """
 
 from __future__ import annotations
@@ -61,14 +62,16 @@ class ChargeModel:
     call_path: str = "predict"
 
 
-def load(model_uri: str) -> ChargeModel:
-    """Load the pipeline and prove the fast encoding gives the pipeline's own numbers."""
-    import mlflow
+def load(model_dir: str) -> ChargeModel:
+    """Load the pipeline from a version's files; prove the fast encoding gives the pipeline's own numbers."""
+    import mlflow.sklearn
 
-    pipeline = mlflow.sklearn.load_model(model_uri)
+    pipeline = mlflow.sklearn.load_model(model_dir)
     steps = getattr(pipeline, "named_steps", {})
     if "encode" not in steps or "model" not in steps:
-        raise ValueError(f"{model_uri}: expected a Pipeline with steps 'encode' and 'model', got {type(pipeline).__name__}")
+        raise ValueError(
+            f"{model_dir}: expected a Pipeline with steps 'encode' and 'model', got {type(pipeline).__name__}"
+        )
     encoder = FastRowEncoder(steps["encode"])
     model = steps["model"]
     call, call_path = predictor(model, encoder.width)
@@ -82,8 +85,8 @@ def load(model_uri: str) -> ChargeModel:
     expected = np.asarray(pipeline.predict(probe), dtype="float64")
     fast = np.array([np.asarray(call(encoder.encode(**row))).ravel()[0] for row in probe.to_dict(orient="records")])
     if not np.allclose(fast, expected, rtol=1e-9, atol=1e-6):
-        raise ValueError(f"{model_uri}: the fast encoding disagrees with the pipeline ({fast} vs {expected})")
-    log.info("%s: %s via %s, fast encoding verified", model_uri, type(model).__name__, call_path)
+        raise ValueError(f"{model_dir}: the fast encoding disagrees with the pipeline ({fast} vs {expected})")
+    log.info("%s: %s via %s, fast encoding verified", model_dir, type(model).__name__, call_path)
     return ChargeModel(pipeline=pipeline, encoder=encoder, model=model, call=call, call_path=call_path)
 
 
@@ -97,7 +100,9 @@ def _category(field: str, value: str | int) -> str:
     word = value.strip().lower()
     if word not in words:
         codes = ", ".join(str(i) for i in range(len(words)))
-        raise InvalidInput(f"{field} must be one of {', '.join(words)} (or the codes {codes}), got {value!r}", f"$.{field}")
+        raise InvalidInput(
+            f"{field} must be one of {', '.join(words)} (or the codes {codes}), got {value!r}", f"$.{field}"
+        )
     return word
 
 
