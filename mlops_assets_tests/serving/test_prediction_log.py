@@ -98,6 +98,26 @@ def test_many_concurrent_enqueues_are_all_written(url: str) -> None:
     assert stored == T0 + dt.timedelta(hours=7)
 
 
+def test_a_trickle_of_answers_is_written_in_few_transactions(tmp_path: Path) -> None:
+    """One insert per request (a thread hop and a commit each) cost more than the rows themselves."""
+    registry = CollectorRegistry()
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+
+    async def scenario() -> None:
+        log = PredictionLog(url, registry=registry, flush_seconds=1.0)
+        async with log.running():
+            for i in range(300):
+                assert log.enqueue(record(i))
+                await asyncio.sleep(0)  # the writer wakes after every request, as under real traffic
+
+    asyncio.run(scenario())
+    assert registry.get_sample_value("serving_prediction_log_written_total") == 300
+    batches = registry.get_sample_value("serving_prediction_log_batches_total")
+    assert batches is not None and 1 <= batches <= 3
+    with sa.create_engine(url).connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(served_forecasts)).scalar_one() == 300
+
+
 def test_unreachable_warehouse_never_blocks_and_counts_drops() -> None:
     registry = CollectorRegistry()
     results: list[bool] = []
@@ -107,6 +127,7 @@ def test_unreachable_warehouse_never_blocks_and_counts_drops() -> None:
             "postgresql://postgres@127.0.0.1:1/nowhere",
             registry=registry,
             max_queue=100,
+            flush_seconds=0.01,  # try (and fail) at once; the default gathers for 0.5 s
             retry_seconds=0.05,
             max_retry_seconds=0.1,
             shutdown_seconds=0.5,
