@@ -292,7 +292,7 @@ def champion_summaries(result: dg.ExecuteInProcessResult) -> dict[str, str]:
         scores = ", ".join(
             f"{key.removeprefix('baseline_')} {value}" for key, value in metadata.items() if key.startswith("baseline_")
         )
-        metric = metadata["metric"]  # e.g. test_mae, test_error_rate (lower is better)
+        metric = str(metadata["metric"])  # e.g. test_mae, test_error_rate (lower is better)
         before = metadata.get(f"champion_{metric}_same_holdout")
         lines[CHAMPION_ASSETS[asset]] = (
             f"{metadata['decision']} v{metadata['registered_version']}: {metadata['reason']}\n"
@@ -324,11 +324,11 @@ def _report(result: dg.ExecuteInProcessResult, seconds: float) -> int:
         ]
         print(f"  materialized {name}" + (f" ({', '.join(details)})" if details else ""))
     failed_checks = []
-    for event in result.get_asset_check_evaluations():
-        status = "passed" if event.passed else f"FAILED ({event.severity.value})"
-        print(f"  check {event.asset_key.to_user_string()}:{event.check_name} {status}")
-        if not event.passed and event.severity == dg.AssetCheckSeverity.ERROR:
-            failed_checks.append(f"{event.asset_key.to_user_string()}:{event.check_name}")
+    for evaluation in result.get_asset_check_evaluations():
+        status = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+        print(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {status}")
+        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            failed_checks.append(f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}")
     summaries = champion_summaries(result)
     for name, line in summaries.items():
         print(f"  {name}: {line}")

@@ -148,7 +148,7 @@ def replace_accuracy(engine: sa.Engine, model_name: str, days: Sequence[dt.date]
         {
             "model_name": model_name,
             "scored_at": now,
-            **{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()},
+            **{str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()},
         }
         for row in rows.to_dict(orient="records")
     ]
@@ -200,10 +200,10 @@ def log_to_mlflow(
             not_logged[version] = "the version has no MLflow run"
             continue
         metrics = []
-        for row in rows[rows["model_version"] == version].itertuples():
-            day: dt.date = row.day
-            metrics.append(Metric(f"realized_mae_{day:%Y_%m_%d}", float(row.mae), now_ms, 0))
-            metrics.append(Metric("realized_mae", float(row.mae), now_ms, (day - dt.date(1970, 1, 1)).days))
+        version_rows = rows[rows["model_version"] == version]
+        for day, mae in zip(version_rows["day"].tolist(), version_rows["mae"].tolist(), strict=True):
+            metrics.append(Metric(f"realized_mae_{day:%Y_%m_%d}", float(mae), now_ms, 0))
+            metrics.append(Metric("realized_mae", float(mae), now_ms, (day - dt.date(1970, 1, 1)).days))
         client.log_batch(model_version.run_id, metrics=metrics)
         logged[version] = model_version.run_id
     return test_maes, logged, not_logged
@@ -221,7 +221,7 @@ def accuracy_plot(result: AccuracyResult, history: pd.DataFrame, test_maes: dict
         by_lead.plot(leads, per_lead, color=color, marker=".", label=f"v{version} realized")
         days = history[history["model_version"] == version]
         by_day.plot(pd.to_datetime(days["day"]), days["mae"], color=color, marker="o", label=f"v{version} realized")
-        test = test_maes.get(version)
+        test = test_maes.get(str(version))
         if test is not None:
             for ax in (by_lead, by_day):
                 ax.axhline(test, color=color, linestyle="--", linewidth=1, label=f"v{version} test MAE")

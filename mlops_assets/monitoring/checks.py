@@ -20,13 +20,15 @@ from mlops_assets.resources.warehouse import WarehouseResource
 #: The check belongs to the served model's asset (by key: no import of the promotion step).
 CHAMPION_ASSET = dg.AssetKey("atmos_champion_model")
 TEMPERATURE = "tmp"
+#: Daily at 05:00 UTC; the annotation makes it a condition on a check key, not an asset key.
+DRIFT_CHECK_CONDITION: dg.AutomationCondition[dg.AssetCheckKey] = dg.AutomationCondition.cron_tick_passed("0 5 * * *")
 
 
 @dg.asset_check(
     asset=CHAMPION_ASSET,
     name="served_inputs_drift",
     description="Served inputs of the last days vs the training windows, per variable: KS and PSI (WARN).",
-    automation_condition=dg.AutomationCondition.cron_tick_passed("0 5 * * *"),
+    automation_condition=DRIFT_CHECK_CONDITION,
 )
 def atmos_served_inputs_drift(
     source: ObservationSource, warehouse: WarehouseResource, monitoring: MonitoringSettings
@@ -50,7 +52,7 @@ def evaluate_served_drift(
         )
     results = drift.served_drift(reference, served.values, monitoring.drift_psi_threshold, monitoring.drift_ks_pvalue)
     drifted = list(drift.drifted_variables(results))
-    metadata: dict[str, object] = {
+    metadata: dict[str, dg.MetadataValue | str | float | None] = {
         **window,
         "lookback_days": monitoring.drift_lookback_days,
         "drifted": dg.MetadataValue.json(drifted),

@@ -75,15 +75,13 @@ def load(model_dir: str) -> ChargeModel:
     encoder = FastRowEncoder(steps["encode"])
     model = steps["model"]
     call, call_path = predictor(model, encoder.width)
-    probe = pd.DataFrame(
-        [
-            {"age": 19, "sex": "female", "bmi": 27.9, "children": 0, "smoker": "yes", "region": "southwest"},
-            {"age": 64, "sex": "male", "bmi": 40.5, "children": 3, "smoker": "no", "region": "northeast"},
-            {"age": 35, "sex": "male", "bmi": 22.0, "children": 1, "smoker": "no", "region": "southeast"},
-        ]
-    )[list(FEATURES)]
-    expected = np.asarray(pipeline.predict(probe), dtype="float64")
-    fast = np.array([np.asarray(call(encoder.encode(**row))).ravel()[0] for row in probe.to_dict(orient="records")])
+    probe_rows: list[dict[str, Any]] = [
+        {"age": 19, "sex": "female", "bmi": 27.9, "children": 0, "smoker": "yes", "region": "southwest"},
+        {"age": 64, "sex": "male", "bmi": 40.5, "children": 3, "smoker": "no", "region": "northeast"},
+        {"age": 35, "sex": "male", "bmi": 22.0, "children": 1, "smoker": "no", "region": "southeast"},
+    ]
+    expected = np.asarray(pipeline.predict(pd.DataFrame(probe_rows)[list(FEATURES)]), dtype="float64")
+    fast = np.array([np.asarray(call(encoder.encode(**row))).ravel()[0] for row in probe_rows])
     if not np.allclose(fast, expected, rtol=1e-9, atol=1e-6):
         raise ValueError(f"{model_dir}: the fast encoding disagrees with the pipeline ({fast} vs {expected})")
     log.info("%s: %s via %s, fast encoding verified", model_dir, type(model).__name__, call_path)
