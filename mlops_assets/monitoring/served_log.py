@@ -179,37 +179,81 @@ def _copy_field(value: Any) -> str:
         return "\\N"
     if isinstance(value, dt.datetime):
         return value.isoformat()  # aware UTC: timestamptz reads the offset
-    return str(value).translate(_COPY_ESCAPES)
+    text = str(value)
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:  # rare: skip translate's ~1.5 us
+        return text.translate(_COPY_ESCAPES)
+    return text
 
 
-def _copy_rows(connection: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """PostgreSQL's COPY FROM STDIN: ~5 us of client CPU per row against ~24 us for an executemany."""
-    text = "".join("\t".join([_copy_field(row[name]) for name in _COLUMNS]) + "\n" for row in rows)
-    cursor = connection.cursor()
-    try:
-        cursor.copy_expert(f"COPY {served_forecasts.name} ({', '.join(_COLUMNS)}) FROM STDIN", io.StringIO(text))
-    finally:
-        cursor.close()
+def _sqlite_field(value: Any) -> Any:
+    """SQLAlchemy's SQLite DATETIME text (UTC wall clock, microseconds), so the pipeline reads it back alike."""
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    return value
+
+
+class ServedWriter:
+    """Inserts `served_forecasts` rows with one driver call per batch: COPY FROM STDIN on PostgreSQL
+    (psycopg2), the driver's executemany on SQLite, SQLAlchemy's executemany elsewhere.
+
+    `encode` turns a record into what that call takes, wherever the caller likes (the service does it
+    on its event loop); `write` then runs no per-row Python, so the thread doing it does not hold the
+    GIL against the event loop for long (with per-row Python in the thread, SQLite logging put
+    hundreds of ms into the service's p99: bench/README.md).
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect
+        if dialect.name == "postgresql" and dialect.driver == "psycopg2":
+            self.kind = "copy"
+        elif dialect.name == "sqlite" and dialect.driver == "pysqlite":
+            self.kind = "sqlite"
+        else:
+            self.kind = "sqlalchemy"
+
+    def encode(self, record: ServedForecast) -> Any:
+        """One record as this writer's batch item (raises for a record that cannot be stored)."""
+        return self.encode_row(record.row())
+
+    def encode_row(self, row: Mapping[str, Any]) -> Any:
+        if self.kind == "copy":
+            return "\t".join([_copy_field(row[name]) for name in _COLUMNS]) + "\n"
+        if self.kind == "sqlite":
+            return tuple([_sqlite_field(row[name]) for name in _COLUMNS])
+        return dict(row)
+
+    def write(self, items: Sequence[Any]) -> None:
+        """One transaction; all or nothing: a refused row (e.g. a repeated request id) raises
+        `sqlalchemy.exc.IntegrityError` and nothing of the batch is stored."""
+        if not items:
+            return
+        with self.engine.begin() as connection:
+            if self.kind == "sqlalchemy":
+                connection.execute(sa.insert(served_forecasts), list(items))
+                return
+            cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                if self.kind == "copy":
+                    cursor.copy_expert(_COPY_SQL, io.StringIO("".join(items)))
+                else:
+                    cursor.executemany(_SQLITE_INSERT, items)
+            except self.engine.dialect.loaded_dbapi.IntegrityError as error:
+                raise sa.exc.IntegrityError(f"INSERT INTO {served_forecasts.name}", None, error) from error
+            finally:
+                cursor.close()
+
+
+_COPY_SQL = f"COPY {served_forecasts.name} ({', '.join(_COLUMNS)}) FROM STDIN"
+_SQLITE_INSERT = (
+    f"INSERT INTO {served_forecasts.name} ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+)
 
 
 def insert_served(engine: sa.Engine, rows: Sequence[Mapping[str, Any]]) -> None:
-    """One transaction: COPY on PostgreSQL (psycopg2), one executemany elsewhere.
-
-    A batch is all or nothing either way: a refused row (e.g. a repeated request id) raises
-    `sqlalchemy.exc.IntegrityError` and nothing of the batch is stored.
-    """
-    if not rows:
-        return
-    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg2":
-        with engine.begin() as connection:
-            driver_connection = connection.connection.dbapi_connection
-            try:
-                _copy_rows(driver_connection, rows)
-            except engine.dialect.loaded_dbapi.IntegrityError as error:
-                raise sa.exc.IntegrityError(f"COPY {served_forecasts.name}", None, error) from error
-        return
-    with engine.begin() as connection:
-        connection.execute(sa.insert(served_forecasts), list(rows))
+    """Insert `ServedForecast.row()` dicts in one transaction (see `ServedWriter`)."""
+    writer = ServedWriter(engine)
+    writer.write([writer.encode_row(row) for row in rows])
 
 
 def to_utc(value: dt.datetime) -> dt.datetime:

@@ -237,3 +237,32 @@ def test_served_record_and_switch() -> None:
         ServedForecast("x", "m", "1", dt.datetime(2013, 1, 1), T0, [0.0] * 24, [0.0] * 72)
     with pytest.raises(ValueError, match="24 values"):
         ServedForecast("x", "m", "1", T0, T0, [0.0] * 23, [0.0] * 72)
+
+
+def test_text_the_copy_format_would_misread_is_stored_as_given(url: str) -> None:
+    """COPY's text format gives tab, newline and backslash a meaning: they must arrive as sent."""
+    from mlops_assets.monitoring.served_log import create_warehouse_engine, ensure_tables, insert_served
+
+    engine = create_warehouse_engine(url)
+    ensure_tables(engine)
+    tricky = ServedForecast(
+        request_id="tab\there\\back\nline",
+        model_name="atmos_temperature",
+        model_version="7\\x",
+        received_at=T0,
+        last_observed_at=T0 + dt.timedelta(hours=3),
+        forecast=[0.5] * 24,
+        inputs=[1.25] * 72,
+        covariates={"odd\tname\n": [2.0] * 24},
+    )
+    insert_served(engine, [tricky.row(), record(1).row()])
+    with engine.connect() as connection:
+        rows = {r.request_id: r for r in connection.execute(sa.select(served_forecasts))}
+    engine.dispose()
+    stored = rows["tab\there\\back\nline"]
+    assert stored.model_version == "7\\x"
+    assert json.loads(stored.covariates) == {"odd\tname\n": [2.0] * 24}
+    assert json.loads(stored.inputs) == [1.25] * 72
+    observed = stored.last_observed_at
+    assert (observed.replace(tzinfo=dt.UTC) if observed.tzinfo is None else observed) == T0 + dt.timedelta(hours=3)
+    assert set(rows) == {"tab\there\\back\nline", "req-000001"}
