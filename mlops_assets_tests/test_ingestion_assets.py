@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from mlops_assets.atmos.assets import atmos_features, raw_atmos_observations
+from mlops_assets.atmos.assets import PERMANENT_ERRORS, atmos_features, raw_atmos_observations
 from mlops_assets.atmos.checks import atmos_features_checks
 from mlops_assets.atmos.schedules import atmos_ingestion_job, build_ingestion_schedule, days_to_ingest
 from mlops_assets.atmos.source import CsvObservationSource, KmaObservationSource, SampleObservationSource
@@ -132,6 +132,13 @@ def test_a_kma_outage_is_retried_by_the_client_only_not_again_by_the_step(
     assert "KmaRetriesExhaustedError" in _failure_message(result)
     assert calls == 5, f"{calls} calls: the step's retry policy re-ran the client's retries"
     assert not [event for event in result.all_events if event.event_type_value == "STEP_UP_FOR_RETRY"]
+
+
+def test_only_the_projects_own_errors_turn_the_step_retry_off() -> None:
+    """A bare ValueError (pandas, SQLAlchemy, a bug) keeps the step's retry policy; only errors that name a
+    cause another attempt cannot fix (a KMA client that already retried, a bad file, a bad setting) are final."""
+    assert ValueError not in PERMANENT_ERRORS and RuntimeError not in PERMANENT_ERRORS
+    assert all(error.__module__.startswith("mlops_assets.atmos.") for error in PERMANENT_ERRORS), PERMANENT_ERRORS
 
 
 def test_a_kma_500_then_success_is_retried_by_the_client(tmp_path: Path, instance: dg.DagsterInstance) -> None:

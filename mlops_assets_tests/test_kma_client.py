@@ -301,7 +301,7 @@ def test_backoff_is_exponential_with_full_jitter(kma: FakeKmaServer, make_client
     with pytest.raises(KmaRetriesExhaustedError, match="HTTP 503"):
         client.fetch_hourly("108", *JAN)
 
-    assert client.request_count == 5 and len(sleeps) == 4  # no sleep after the last attempt
+    assert client.request_count == 5 and len(kma.requests) == 5 and len(sleeps) == 4  # no sleep after the last attempt
     for attempt, delay in enumerate(sleeps, start=1):
         assert 0.0 <= delay <= 2 ** (attempt - 1)
     assert len(set(sleeps)) == 4  # jittered
