@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,17 @@ import pytest
 from ray.tune.search.sample import Domain
 from sklearn.base import clone
 from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor
+from sklearn.linear_model import Ridge
 
 from mlops_assets.atmos.dataset import TrainingWindows, WindowSet, build_training_windows
-from mlops_assets.atmos.estimators import SKOPS_TRUSTED_TYPES, LastValueDelta, RegimeInteractions, ResidualBoost, TreeFeatures
+from mlops_assets.atmos.estimators import (
+    SKOPS_TRUSTED_TYPES,
+    LastValue,
+    LastValueDelta,
+    RegimeInteractions,
+    ResidualBoost,
+    TreeFeatures,
+)
 from mlops_assets.atmos.families import (
     DEFAULTS,
     FAMILIES,
@@ -24,7 +33,16 @@ from mlops_assets.atmos.families import (
     family_params,
     fit_with_progress,
 )
-from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
+from mlops_assets.atmos.forecast_features import (
+    CALENDAR_TERMS,
+    HORIZON_HOURS,
+    INPUT_HOURS,
+    FeatureSpec,
+    calendar_terms,
+    epoch_hours,
+    feature_matrix,
+    feature_row,
+)
 from mlops_assets.atmos.search import DEFAULT_NUM_SAMPLES, QUICK_NUM_SAMPLES, QUICK_SEARCH_SPACE, SEARCH_SPACE
 
 pytestmark = pytest.mark.timeout(120)
@@ -260,4 +278,88 @@ def test_residual_boost_caps_components_at_the_outputs() -> None:
 
     model = ResidualBoost(Ridge(), HistGradientBoostingRegressor(max_iter=5), n_components=6).fit(X, y)
     assert model.pca_.n_components_ == 2 and model.predict(X).shape == (40, 2)
+
+
+# --- The layout: FeatureSpec names the columns, the estimators read what it names -----------------
+
+LAYOUT_SPEC = FeatureSpec(calendar=True, covariates=("td", "rh"))
+LAST_OBSERVED_AT = dt.datetime(2013, 6, 1, 23, tzinfo=dt.timezone.utc)
+
+
+def layout_request(offset: float = 0.0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Temperatures and covariates whose every value is distinct, so a misplaced column shows."""
+    temperatures = 3.0 + offset + 0.25 * np.arange(INPUT_HOURS)
+    return temperatures, {"td": 100.0 + offset + np.arange(HORIZON_HOURS), "rh": 200.0 + offset + np.arange(HORIZON_HOURS)}
+
+
+def test_feature_row_puts_each_request_part_where_the_spec_names_it() -> None:
+    temperatures, covariates = layout_request()
+    row = feature_row(LAYOUT_SPEC, temperatures, LAST_OBSERVED_AT, covariates)[0]
+    names = LAYOUT_SPEC.column_names()
+    assert len(row) == len(names) == LAYOUT_SPEC.n_features == INPUT_HOURS + 4 + 2 * HORIZON_HOURS
+    np.testing.assert_array_equal(row[LAYOUT_SPEC.lag_slice], temperatures)
+    assert row[LAYOUT_SPEC.last_lag_column] == temperatures[-1] and names[LAYOUT_SPEC.last_lag_column] == "tmp_lag0"
+    assert row[LAYOUT_SPEC.lag_column(24)] == temperatures[-25] and names[LAYOUT_SPEC.lag_column(24)] == "tmp_lag24"
+    np.testing.assert_array_equal(row[LAYOUT_SPEC.calendar_slice], calendar_terms(np.array([epoch_hours(LAST_OBSERVED_AT)]))[0])
+    assert names[LAYOUT_SPEC.calendar_slice] == list(CALENDAR_TERMS)
+    assert names[LAYOUT_SPEC.hour_of_day_slice] == ["hour_of_day_sin", "hour_of_day_cos"]
+    for name, values in covariates.items():
+        np.testing.assert_array_equal(row[LAYOUT_SPEC.covariate_slice(name)], values)
+        np.testing.assert_array_equal(row[LAYOUT_SPEC.covariate_slice(name, last_hours=3)], values[-3:])
+        assert names[LAYOUT_SPEC.covariate_slice(name)][-1] == f"{name}_lag0"
+    assert FeatureSpec().n_features == FeatureSpec().covariate_start == INPUT_HOURS
+    with pytest.raises(ValueError, match="no calendar"):
+        _ = FeatureSpec().calendar_slice
+    with pytest.raises(ValueError, match="not in this feature spec"):
+        LAYOUT_SPEC.covariate_slice("ws")
+
+
+def test_each_estimator_reads_the_columns_the_spec_names() -> None:
+    """Expected values come from the request itself, not from the spec: an independent check."""
+    requests = [layout_request(offset) for offset in (0.0, 5.0, -4.0)]
+    hours = np.full(len(requests), epoch_hours(LAST_OBSERVED_AT))
+    X = feature_matrix(
+        LAYOUT_SPEC,
+        np.stack([t for t, _ in requests]),
+        hours,
+        {name: np.stack([c[name] for _, c in requests]) for name in LAYOUT_SPEC.covariates},
+    )
+    temperatures, covariates = requests[1]
+    row = X[1]
+    last = temperatures[-1]
+
+    np.testing.assert_array_equal(LastValue().fit(X).predict(X)[1], np.full(HORIZON_HOURS, last))
+    relative = LastValueDelta(Ridge())._relative(X)[1]
+    np.testing.assert_array_equal(relative[:INPUT_HOURS], temperatures - last)
+    np.testing.assert_array_equal(relative[INPUT_HOURS:], row[INPUT_HOURS:])
+
+    regime = RegimeInteractions(first_column=LAYOUT_SPEC.covariate_start, window=6).fit(X)
+    z = (temperatures[-6:].mean() - regime.center_) / regime.scale_
+    appended = regime.transform(X)[1, X.shape[1] :]
+    np.testing.assert_allclose(appended, np.concatenate([covariates["td"], covariates["rh"]]) * z)
+
+    trees = TreeFeatures(calendar=True, covariates=("td", "rh"), lags=4, covariate_lags=3, level=True, day_of_year=True)
+    expected = np.concatenate(
+        [
+            [last],
+            temperatures[-4:-1] - last,
+            temperatures[[-25, -49, 0]] - last,
+            calendar_terms(np.array([epoch_hours(LAST_OBSERVED_AT)]))[0],
+            covariates["td"][-3:] - last,
+            covariates["rh"][-3:],
+        ]
+    )
+    np.testing.assert_array_equal(trees.fit(X).transform(X)[1], expected)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_families_build_their_blocks_for_the_spec_they_return(family: str) -> None:
+    model, spec = build_forecaster({"family": family, "ridge_regime": "level"}, COVARIATES)
+    ridge = model.base if isinstance(model, ResidualBoost) else model
+    if hasattr(ridge, "named_steps") and "regime" in ridge.named_steps:
+        assert ridge.named_steps["regime"].first_column == spec.covariate_start
+    if isinstance(model, ResidualBoost):
+        assert model.features.feature_spec() == spec
+    if isinstance(getattr(model, "base", None), LastValue):
+        assert model.base.last_column == spec.last_lag_column
 

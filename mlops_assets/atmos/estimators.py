@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
 from sklearn.decomposition import PCA
+
+from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
 
 #: Types skops may load besides scikit-learn/numpy builtins (MLflow saves sklearn models with skops).
 SKOPS_TRUSTED_TYPES: list[str] = [
@@ -30,10 +34,11 @@ class LastValueDelta(RegressorMixin, BaseEstimator):
     """Fit `estimator` to the change from the last input temperature, predict absolute values.
 
     Predicting the change is easier for tree and neural models than the level: the level is
-    mostly the last value, which persistence already gets right. `last_column` indexes X.
+    mostly the last value, which persistence already gets right. `last_column` indexes X; the
+    columns up to it are the temperatures (`FeatureSpec.last_lag_column` in a forecaster row).
     """
 
-    def __init__(self, estimator: BaseEstimator, last_column: int = 71) -> None:
+    def __init__(self, estimator: BaseEstimator, last_column: int = FeatureSpec.last_lag_column) -> None:
         self.estimator = estimator
         self.last_column = last_column
 
@@ -57,11 +62,11 @@ class LastValueDelta(RegressorMixin, BaseEstimator):
 
 # --- Building blocks of the model families in `families.py` ----------------------------------------
 #
-# All of them read the column layout of `forecast_features.feature_matrix`: 72 temperatures (oldest
-# first), then 4 calendar columns (sin/cos hour of day, sin/cos day of year) when the spec has
-# `calendar`, then `covariate_hours` columns per covariate, oldest first.
+# All of them read rows laid out as `forecast_features.FeatureSpec` says, and ask it where each
+# block is (the temperatures, the calendar terms, each covariate).
 
-_INPUT_HOURS = 72
+#: Far temperatures `TreeFeatures` also reads, in hours before the last one: a day, two days, the oldest.
+_FAR_LAGS = (24, 48, INPUT_HOURS - 1)
 
 
 class LastValue(RegressorMixin, BaseEstimator):
@@ -70,7 +75,7 @@ class LastValue(RegressorMixin, BaseEstimator):
     The base of `ResidualBoost` for a pure "change from the last value" model.
     """
 
-    def __init__(self, last_column: int = _INPUT_HOURS - 1, n_outputs: int = 24) -> None:
+    def __init__(self, last_column: int = FeatureSpec.last_lag_column, n_outputs: int = HORIZON_HOURS) -> None:
         self.last_column = last_column
         self.n_outputs = n_outputs
 
@@ -91,14 +96,16 @@ class RegimeInteractions(TransformerMixin, BaseEstimator):
     dew point move tomorrow's temperature is not the same in a cold and in a warm air mass. The
     regime is measured, not read from the calendar, so it does not extrapolate when the validation
     season was never seen in training. With `first_column >= n_features` nothing is appended.
+    `first_column` is the spec's `covariate_start` (the default: that of a spec with calendar).
     """
 
-    def __init__(self, first_column: int = _INPUT_HOURS + 4, window: int = _INPUT_HOURS) -> None:
+    def __init__(self, first_column: int = FeatureSpec(calendar=True).covariate_start, window: int = INPUT_HOURS) -> None:
         self.first_column = first_column
         self.window = window
 
     def _regime(self, X: np.ndarray) -> np.ndarray:
-        return X[:, _INPUT_HOURS - self.window : _INPUT_HOURS].mean(axis=1, keepdims=True)
+        temperatures = X[:, FeatureSpec.lag_slice]
+        return temperatures[:, temperatures.shape[1] - self.window :].mean(axis=1, keepdims=True)
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> RegimeInteractions:
         X = np.asarray(X, dtype="float64")
@@ -120,16 +127,18 @@ class TreeFeatures(TransformerMixin, BaseEstimator):
     Trees split on thresholds, so they cannot use a raw temperature history the way a linear model
     does; they get: temperatures relative to the last one (the last `lags` hours, plus 24, 48 and 71
     hours back), the last temperature itself if `level`, hour of day, and the last
-    `covariate_hours` hours of each covariate, the dew point relative to the last temperature (the
+    `covariate_lags` hours of each covariate, the dew point relative to the last temperature (the
     dew-point depression). Day of year is left out unless `day_of_year`: trained on January to
-    September, a tree has no leaf for October and puts it in September.
+    September, a tree has no leaf for October and puts it in September. `calendar`, `covariates`
+    and `covariate_hours` are the `FeatureSpec` of the rows (plain parameters, as scikit-learn and
+    skops want them).
     """
 
     def __init__(
         self,
         calendar: bool = True,
         covariates: tuple[str, ...] = (),
-        covariate_hours: int = 24,
+        covariate_hours: int = HORIZON_HOURS,
         lags: int = 24,
         covariate_lags: int = 6,
         level: bool = True,
@@ -143,8 +152,12 @@ class TreeFeatures(TransformerMixin, BaseEstimator):
         self.level = level
         self.day_of_year = day_of_year
 
+    def feature_spec(self) -> FeatureSpec:
+        """The layout of the rows this transformer reads."""
+        return FeatureSpec(calendar=bool(self.calendar), covariates=tuple(self.covariates), covariate_hours=int(self.covariate_hours))
+
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> TreeFeatures:
-        expected = _INPUT_HOURS + (4 if self.calendar else 0) + len(self.covariates) * self.covariate_hours
+        expected = self.feature_spec().n_features
         if np.shape(X)[1] != expected:
             raise ValueError(f"TreeFeatures expects {expected} columns, got {np.shape(X)[1]}")
         self.n_features_in_ = expected
@@ -152,20 +165,20 @@ class TreeFeatures(TransformerMixin, BaseEstimator):
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype="float64")
-        last = X[:, [_INPUT_HOURS - 1]]
-        lags = min(max(int(self.lags), 1), _INPUT_HOURS)
-        parts = [X[:, _INPUT_HOURS - lags : _INPUT_HOURS - 1] - last, X[:, [_INPUT_HOURS - 25, _INPUT_HOURS - 49, 0]] - last]
+        spec = self.feature_spec()
+        last = X[:, [spec.last_lag_column]]
+        lags = min(max(int(self.lags), 1), INPUT_HOURS)
+        recent = X[:, spec.lag_column(lags - 1) : spec.last_lag_column]
+        far = X[:, [spec.lag_column(hours) for hours in _FAR_LAGS]]
+        parts = [recent - last, far - last]
         if self.level:
             parts.insert(0, last)
-        start = _INPUT_HOURS
         if self.calendar:
-            parts.append(X[:, start : start + (4 if self.day_of_year else 2)])
-            start += 4
+            parts.append(X[:, spec.calendar_slice if self.day_of_year else spec.hour_of_day_slice])
         keep = min(max(int(self.covariate_lags), 1), int(self.covariate_hours))
-        for name in self.covariates:
-            block = X[:, start + self.covariate_hours - keep : start + self.covariate_hours]
+        for name in spec.covariates:
+            block = X[:, spec.covariate_slice(name, last_hours=keep)]
             parts.append(block - last if name == "td" else block)
-            start += self.covariate_hours
         return np.hstack(parts)
 
 
@@ -204,7 +217,7 @@ class ResidualBoost(RegressorMixin, BaseEstimator):
         self.boosters_ = [clone(self.booster).fit(inputs, components[:, j]) for j in range(components.shape[1])]
         return self
 
-    def iter_fit(self, X: np.ndarray, y: np.ndarray, stages: list[int]):
+    def iter_fit(self, X: np.ndarray, y: np.ndarray, stages: list[int]) -> Iterator[int]:
         """Fit in stages of boosting iterations (warm start); yields each stage once reached.
 
         After the last stage the model equals `fit` with `max_iter=stages[-1]`.
@@ -223,4 +236,3 @@ class ResidualBoost(RegressorMixin, BaseEstimator):
         inputs = X if self.features_ is None else self.features_.transform(X)
         correction = np.column_stack([b.predict(inputs) for b in self.boosters_])
         return np.asarray(self.base_.predict(X)).reshape(len(X), -1) + self.pca_.inverse_transform(correction)
-

@@ -34,7 +34,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mlops_assets.atmos.estimators import LastValue, RegimeInteractions, ResidualBoost, TreeFeatures
-from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
+from mlops_assets.atmos.forecast_features import HORIZON_HOURS, FeatureSpec
 
 #: Hyperparameters a config may leave out.
 DEFAULTS: dict[str, Any] = {
@@ -77,8 +77,7 @@ def _ridge(config: Mapping[str, Any], spec: FeatureSpec) -> Pipeline:
         raise ValueError(f"ridge_regime must be one of {REGIMES}, got {regime!r}")
     steps: list[tuple[str, Any]] = []
     if regime == "level" and spec.covariates:
-        first_covariate = INPUT_HOURS + (4 if spec.calendar else 0)
-        steps.append(("regime", RegimeInteractions(first_column=first_covariate)))
+        steps.append(("regime", RegimeInteractions(first_column=spec.covariate_start)))
     steps += [("scale", StandardScaler()), ("ridge", Ridge(alpha=float(_get(config, "ridge_alpha"))))]
     return Pipeline(steps)
 
