@@ -15,7 +15,7 @@ from sklearn.multioutput import MultiOutputRegressor
 
 from mlops_assets.atmos.cleaning import clean_observations
 from mlops_assets.atmos.dataset import TrainingWindows, build_training_windows
-from mlops_assets.atmos.estimators import SKOPS_TRUSTED_TYPES, LastValueDelta
+from mlops_assets.atmos.estimators import SKOPS_TRUSTED_TYPES, LastValueDelta, ResidualBoost
 from mlops_assets.atmos.families import FAMILIES, build_forecaster
 from mlops_assets.atmos.source import load_sample_observations
 from mlops_assets.insurance.dataset import validate_policies
@@ -166,6 +166,10 @@ def test_unsupported_models_are_refused_with_a_reason() -> None:
     assert compile_model(HistGradientBoostingClassifier(max_iter=3).fit(X, y > 0)) is None
     assert compile_model(Lasso(alpha=0.1).fit(X, y)) is None  # its own decision function
     assert compile_model(HistGradientBoostingRegressor()) is None  # not fitted
+    with pytest.raises(NotCompilable, match="ResidualBoost is not fitted"):  # a pipeline's own estimator says why
+        compile_or_raise(ResidualBoost(Ridge(), HistGradientBoostingRegressor()))
+    with pytest.raises(NotCompilable, match="LastValueDelta is not fitted"):
+        compile_or_raise(LastValueDelta(Ridge()))
 
     class Shifted(Ridge):
         def predict(self, X):  # type: ignore[no-untyped-def]

@@ -1,14 +1,20 @@
-"""Small scikit-learn building blocks the forecaster needs that scikit-learn does not ship."""
+"""Small scikit-learn building blocks the forecaster needs that scikit-learn does not ship.
+
+Each block also knows its packed form for serving (`compile_predict` / `compile_transform`, called
+by `mlops_assets.ml.compiled_trees`): the shared compiler does not need to know these classes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
 from sklearn.decomposition import PCA
 
 from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
+from mlops_assets.ml.compiled_trees import Compiler, NotCompilable, Transform, as_rows, pca_inverse
 
 #: Types skops may load besides scikit-learn/numpy builtins (MLflow saves sklearn models with skops).
 SKOPS_TRUSTED_TYPES: list[str] = [
@@ -28,6 +34,11 @@ SKOPS_TRUSTED_TYPES: list[str] = [
     "numpy.dtype",
     "collections.OrderedDict",
 ]
+
+
+def _require_fitted(estimator: BaseEstimator, attribute: str) -> None:
+    if not hasattr(estimator, attribute):
+        raise NotCompilable(f"{type(estimator).__name__} is not fitted")
 
 
 class LastValueDelta(RegressorMixin, BaseEstimator):
@@ -59,6 +70,20 @@ class LastValueDelta(RegressorMixin, BaseEstimator):
         out[:, : self.last_column + 1] -= X[:, [self.last_column]]
         return out
 
+    def compile_predict(self, compiler: Compiler) -> tuple[Transform, str]:
+        """`predict` around the compiled inner estimator (see `mlops_assets.ml.compiled_trees`)."""
+        _require_fitted(self, "estimator_")
+        inner, text = compiler.predictor(self.estimator_)
+        last_column = int(self.last_column)
+        relative = self._relative
+
+        def last_value_delta(X: Any) -> np.ndarray:
+            X = as_rows(X)
+            last = X[:, last_column][:, None]
+            return np.asarray(inner(relative(X))).reshape(len(X), -1) + last
+
+        return last_value_delta, f"LastValueDelta({text})"
+
 
 # --- Building blocks of the model families in `families.py` ----------------------------------------
 #
@@ -86,6 +111,10 @@ class LastValue(RegressorMixin, BaseEstimator):
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype="float64")
         return np.repeat(X[:, [self.last_column]], self.n_outputs_, axis=1)
+
+    def compile_predict(self, compiler: Compiler) -> tuple[Transform, str]:
+        _require_fitted(self, "n_outputs_")
+        return self.predict, "LastValue"  # already plain NumPy
 
 
 class RegimeInteractions(TransformerMixin, BaseEstimator):
@@ -119,6 +148,10 @@ class RegimeInteractions(TransformerMixin, BaseEstimator):
         X = np.asarray(X, dtype="float64")
         z = (self._regime(X) - self.center_) / self.scale_
         return np.hstack([X, X[:, self.first_column :] * z])
+
+    def compile_transform(self, compiler: Compiler) -> tuple[Transform, str]:
+        _require_fitted(self, "n_features_in_")
+        return self.transform, "RegimeInteractions"  # already plain NumPy
 
 
 class TreeFeatures(TransformerMixin, BaseEstimator):
@@ -181,6 +214,10 @@ class TreeFeatures(TransformerMixin, BaseEstimator):
             parts.append(block - last if name == "td" else block)
         return np.hstack(parts)
 
+    def compile_transform(self, compiler: Compiler) -> tuple[Transform, str]:
+        _require_fitted(self, "n_features_in_")
+        return self.transform, "TreeFeatures"  # already plain NumPy
+
 
 class ResidualBoost(RegressorMixin, BaseEstimator):
     """`base` (multi-output) plus a boosted correction of its residuals.
@@ -236,3 +273,20 @@ class ResidualBoost(RegressorMixin, BaseEstimator):
         inputs = X if self.features_ is None else self.features_.transform(X)
         correction = np.column_stack([b.predict(inputs) for b in self.boosters_])
         return np.asarray(self.base_.predict(X)).reshape(len(X), -1) + self.pca_.inverse_transform(correction)
+
+    def compile_predict(self, compiler: Compiler) -> tuple[Transform, str]:
+        """The compiled base plus all boosters packed together (see `mlops_assets.ml.compiled_trees`)."""
+        _require_fitted(self, "boosters_")
+        base, base_text = compiler.predictor(self.base_)
+        features = None if self.features_ is None else compiler.transformer(self.features_)[0]
+        evaluate, packed = compiler.pack(self.boosters_)
+        inverse = pca_inverse(self.pca_)
+
+        def residual_boost(X: Any) -> np.ndarray:
+            X = as_rows(X)
+            inputs = X if features is None else features(X)
+            correction = evaluate(as_rows(inputs, packed.n_features))
+            return np.asarray(base(X)).reshape(len(X), -1) + inverse(correction)
+
+        text = f"ResidualBoost({base_text}, {packed.n_boosters}x{packed.n_trees} trees, depth {packed.depth})"
+        return residual_boost, text

@@ -12,6 +12,11 @@ Sums run in scikit-learn's order (the baseline, then the trees in boosting order
 bit for bit in practice; `parity_report` measures the difference instead of assuming it. What is not
 understood (categorical splits, classifiers, other estimators) is refused: `compile_model` returns
 None and callers keep `predict`. Pure NumPy at prediction time; scikit-learn is read only to compile.
+
+A model pipeline's own estimators take part without this module knowing them: an estimator with a
+`compile_predict(compiler)` method (a transformer: `compile_transform(compiler)`) returns its
+compiled function and a description, built from its fitted parts with the `Compiler` it is given
+(e.g. `mlops_assets.atmos.estimators`), and raises `NotCompilable` for what it cannot do.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ class PackedTrees:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(n_rows, n_boosters): each booster's `predict` for float64 rows `X`."""
-        X = _rows(X, self.n_features)
+        X = as_rows(X, self.n_features)
         if len(X) * self.n_internal <= _DECIDE_ALL_LIMIT:
             leaves = self._leaves_deciding_all(X)
         else:
@@ -232,7 +237,8 @@ def _link_is_exp(booster: Any) -> bool:
     raise NotCompilable(f"link {type(link).__name__} is not supported")
 
 
-def _rows(X: Any, n_features: int | None) -> np.ndarray:
+def as_rows(X: Any, n_features: int | None = None) -> np.ndarray:
+    """`X` as a 2-D float64 array (of `n_features` columns if given); ValueError otherwise."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"expected a 2-D array of rows, got shape {X.shape}")
@@ -262,13 +268,23 @@ TreeBackend = Callable[[PackedTrees], Callable[[np.ndarray], np.ndarray]]
 
 
 @dataclass
-class _Build:
-    """What one compilation carries down the estimator tree: the tree evaluator and a tree count."""
+class Compiler:
+    """What one compilation carries down the estimator tree (the tree evaluator, a tree count), and
+    what an estimator's own `compile_predict` / `compile_transform` uses to compile its parts."""
 
     backend: TreeBackend | None
     n_trees: int = 0
 
+    def predictor(self, estimator: Any) -> tuple[Transform, str]:
+        """A function computing `estimator.predict` and a short description."""
+        return _compile_predictor(estimator, self)
+
+    def transformer(self, step: Any) -> tuple[Transform, str]:
+        """A function computing `step.transform` and its name."""
+        return _compile_transformer(step, self)
+
     def pack(self, boosters: Sequence[Any]) -> tuple[Callable[[np.ndarray], np.ndarray], PackedTrees]:
+        """Fitted `HistGradientBoostingRegressor`s as one evaluator: rows -> (n_rows, n_boosters)."""
         packed = PackedTrees.from_boosters(boosters)
         self.n_trees += sum(len(b._predictors) for b in boosters)
         return (packed.predict if self.backend is None else self.backend(packed)), packed
@@ -289,9 +305,9 @@ def compile_or_raise(estimator: Any, trees: TreeBackend | None = None) -> Compil
     ONNX Runtime session built from the packed arrays, see bench/serving/predict_cost.py); it gets
     the `PackedTrees` and returns a function with the same contract.
     """
-    build = _Build(trees)
-    predict, description = _compile_predictor(estimator, build)
-    return CompiledModel(predict=predict, description=description, n_trees=build.n_trees)
+    compiler = Compiler(trees)
+    predict, description = compiler.predictor(estimator)
+    return CompiledModel(predict=predict, description=description, n_trees=compiler.n_trees)
 
 
 def parity_report(model: Any, compiled: Callable[[Any], np.ndarray], X: Any) -> dict[str, Any]:
@@ -320,61 +336,44 @@ def parity_report(model: Any, compiled: Callable[[Any], np.ndarray], X: Any) -> 
     }
 
 
-def _compile_predictor(estimator: Any, build: _Build) -> tuple[Transform, str]:
-    """A function computing `estimator.predict` and a short description."""
+def _compile_predictor(estimator: Any, compiler: Compiler) -> tuple[Transform, str]:
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.multioutput import MultiOutputRegressor
     from sklearn.pipeline import Pipeline
 
-    from mlops_assets.atmos.estimators import LastValue, LastValueDelta, ResidualBoost
-
     kind = type(estimator)
     if kind is HistGradientBoostingRegressor:
-        evaluate, packed = build.pack([estimator])
+        evaluate, packed = compiler.pack([estimator])
 
         def booster(X: Any) -> np.ndarray:
-            return evaluate(_rows(X, packed.n_features))[:, 0]
+            return evaluate(as_rows(X, packed.n_features))[:, 0]
 
         return booster, f"HGB({packed.n_trees} trees, depth {packed.depth})"
     if kind is MultiOutputRegressor:
-        return _compile_multi_output(estimator, build)
+        return _compile_multi_output(estimator, compiler)
     if kind is Pipeline:
-        return _compile_pipeline(estimator, build)
-    if kind is ResidualBoost:
-        return _compile_residual_boost(estimator, build)
-    if kind is LastValueDelta:
-        inner, text = _compile_predictor(estimator.estimator_, build)
-        last_column = int(estimator.last_column)
-        relative = estimator._relative
-
-        def last_value_delta(X: Any) -> np.ndarray:
-            X = _rows(X, None)
-            last = X[:, last_column][:, None]
-            return np.asarray(inner(relative(X))).reshape(len(X), -1) + last
-
-        return last_value_delta, f"LastValueDelta({text})"
-    if kind is LastValue:
-        if not hasattr(estimator, "n_outputs_"):
-            raise NotCompilable("LastValue is not fitted")
-        return estimator.predict, "LastValue"  # already plain NumPy
+        return _compile_pipeline(estimator, compiler)
+    own = getattr(estimator, "compile_predict", None)
+    if callable(own):
+        return own(compiler)  # a pipeline's own estimator (see the module docstring)
     linear = _linear(estimator)
     if linear is not None:
         return linear, kind.__name__
     raise NotCompilable(f"{kind.__module__}.{kind.__name__} is not supported")
 
 
-def _compile_multi_output(estimator: Any, build: _Build) -> tuple[Transform, str]:
+def _compile_multi_output(estimator: Any, compiler: Compiler) -> tuple[Transform, str]:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     members = list(estimator.estimators_)
     if members and all(type(m) is HistGradientBoostingRegressor for m in members):
-        evaluate, packed = build.pack(members)
+        evaluate, packed = compiler.pack(members)
 
         def multi_output_trees(X: Any) -> np.ndarray:
-            return evaluate(_rows(X, packed.n_features))
+            return evaluate(as_rows(X, packed.n_features))
 
         return multi_output_trees, f"MultiOutput({len(members)}x{packed.n_trees} trees, depth {packed.depth})"
-    parts = [_compile_predictor(m, build) for m in members]
+    parts = [compiler.predictor(m) for m in members]
     functions = [f for f, _ in parts]
 
     def multi_output(X: Any) -> np.ndarray:
@@ -383,23 +382,8 @@ def _compile_multi_output(estimator: Any, build: _Build) -> tuple[Transform, str
     return multi_output, f"MultiOutput({', '.join(sorted({t for _, t in parts}))})"
 
 
-def _compile_residual_boost(estimator: Any, build: _Build) -> tuple[Transform, str]:
-    base, base_text = _compile_predictor(estimator.base_, build)
-    features = None if estimator.features_ is None else _compile_transformer(estimator.features_)[0]
-    evaluate, packed = build.pack(estimator.boosters_)
-    inverse = _pca_inverse(estimator.pca_)
-
-    def residual_boost(X: Any) -> np.ndarray:
-        X = _rows(X, None)
-        inputs = X if features is None else features(X)
-        correction = evaluate(_rows(inputs, packed.n_features))
-        return np.asarray(base(X)).reshape(len(X), -1) + inverse(correction)
-
-    text = f"ResidualBoost({base_text}, {packed.n_boosters}x{packed.n_trees} trees, depth {packed.depth})"
-    return residual_boost, text
-
-
-def _pca_inverse(pca: Any) -> Transform:
+def pca_inverse(pca: Any) -> Transform:
+    """`pca.inverse_transform` as the same NumPy arithmetic, for a fitted `PCA`."""
     from sklearn.decomposition import PCA
 
     if type(pca) is not PCA or not hasattr(pca, "components_"):
@@ -416,12 +400,12 @@ def _pca_inverse(pca: Any) -> Transform:
     return inverse
 
 
-def _compile_pipeline(pipeline: Any, build: _Build) -> tuple[Transform, str]:
+def _compile_pipeline(pipeline: Any, compiler: Compiler) -> tuple[Transform, str]:
     steps = [(name, step) for name, step in pipeline.steps if step is not None and step != "passthrough"]
     if not steps:
         raise NotCompilable("the pipeline has no final estimator")
-    transforms = [_compile_transformer(step) for _, step in steps[:-1]]
-    final, final_text = _compile_predictor(steps[-1][1], build)
+    transforms = [compiler.transformer(step) for _, step in steps[:-1]]
+    final, final_text = compiler.predictor(steps[-1][1])
     functions = [f for f, _ in transforms]
 
     def pipeline_predict(X: Any) -> np.ndarray:
@@ -449,25 +433,21 @@ def _linear(estimator: Any) -> Transform | None:
     n_features = int(coef.shape[-1])
 
     def linear(X: Any) -> np.ndarray:
-        return _rows(X, n_features) @ coef_t + intercept
+        return as_rows(X, n_features) @ coef_t + intercept
 
     return linear
 
 
-def _compile_transformer(step: Any) -> tuple[Transform, str]:
-    """A function computing `step.transform` and its name."""
+def _compile_transformer(step: Any, compiler: Compiler) -> tuple[Transform, str]:
     from sklearn.compose import ColumnTransformer
     from sklearn.preprocessing import PolynomialFeatures, StandardScaler
-
-    from mlops_assets.atmos.estimators import RegimeInteractions, TreeFeatures
 
     kind = type(step)
     if kind is StandardScaler:
         return _standard_scaler(step), "StandardScaler"
-    if kind in (RegimeInteractions, TreeFeatures):
-        if not hasattr(step, "n_features_in_"):
-            raise NotCompilable(f"{kind.__name__} is not fitted")
-        return step.transform, kind.__name__  # the project's own transformers are plain NumPy
+    own = getattr(step, "compile_transform", None)
+    if callable(own):
+        return own(compiler)  # a pipeline's own transformer (see the module docstring)
     if kind is PolynomialFeatures:
         return _polynomial(step), "PolynomialFeatures"
     if kind is ColumnTransformer:
@@ -514,7 +494,7 @@ def _polynomial(poly: Any) -> Transform:
             second[out] = factors[1]
 
     def polynomial(X: Any) -> np.ndarray:
-        X = _rows(X, n_features)
+        X = as_rows(X, n_features)
         padded = np.hstack([X, np.ones((len(X), 1))])
         # C order, as scikit-learn's output: a matrix product's rounding depends on the layout.
         return np.ascontiguousarray(padded[:, first] * padded[:, second])
