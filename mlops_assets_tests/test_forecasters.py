@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor
 from sklearn.linear_model import Ridge
 
 from mlops_assets.atmos.dataset import TrainingWindows, WindowSet, build_training_windows
+from mlops_assets.atmos import estimators
 from mlops_assets.atmos.estimators import (
+    LEGACY_MODULE,
     SKOPS_TRUSTED_TYPES,
     LastValue,
     LastValueDelta,
@@ -43,6 +46,7 @@ from mlops_assets.atmos.forecast_features import (
     feature_matrix,
     feature_row,
 )
+from mlops_assets.atmos.model_io import FEATURE_SPEC_KEY, load_forecaster
 from mlops_assets.atmos.search import DEFAULT_NUM_SAMPLES, QUICK_NUM_SAMPLES, QUICK_SEARCH_SPACE, SEARCH_SPACE
 
 pytestmark = pytest.mark.timeout(120)
@@ -362,4 +366,33 @@ def test_families_build_their_blocks_for_the_spec_they_return(family: str) -> No
         assert model.features.feature_spec() == spec
     if isinstance(getattr(model, "base", None), LastValue):
         assert model.base.last_column == spec.last_lag_column
+
+
+@pytest.mark.parametrize("family", ["gbm_delta", "ridge_boost"])
+def test_a_version_saved_before_the_move_still_loads(
+    family: str, windows: TrainingWindows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Versions registered before the model folders name `mlops_assets.ml.estimators.*` in their skops file."""
+    import skops.io
+
+    model, spec = fitted(family, windows, ridge_regime="level")
+    X = windows.validation.features(spec)
+    path = tmp_path / "model"
+    legacy_names = [name for name in SKOPS_TRUSTED_TYPES if name.startswith(f"{LEGACY_MODULE}.")]
+    old_trusted_types = [name for name in SKOPS_TRUSTED_TYPES if not name.startswith("mlops_assets.atmos.")]
+    with monkeypatch.context() as before_the_move:  # the classes as the old code defined them
+        for name in legacy_names:
+            before_the_move.setattr(getattr(estimators, name.rsplit(".", 1)[1]), "__module__", LEGACY_MODULE)
+        mlflow.sklearn.save_model(
+            model, str(path), serialization_format="skops", skops_trusted_types=old_trusted_types,
+            metadata={FEATURE_SPEC_KEY: spec.to_dict()}, pip_requirements=["scikit-learn"],
+        )
+    schema = zipfile.ZipFile(path / "model.skops").read("schema.json").decode()
+    assert f'"{LEGACY_MODULE}"' in schema and '"mlops_assets.atmos.estimators"' not in schema
+
+    loaded, loaded_spec = load_forecaster(str(path))
+    assert type(loaded) is type(model) and loaded_spec == spec
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    trusting_ours = skops.io.load(path / "model.skops", trusted=SKOPS_TRUSTED_TYPES)  # both names trusted
+    np.testing.assert_array_equal(trusting_ours.predict(X), model.predict(X))
 

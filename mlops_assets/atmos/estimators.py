@@ -16,13 +16,16 @@ from sklearn.decomposition import PCA
 from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
 from mlops_assets.ml.compiled_trees import Compiler, NotCompilable, Transform, as_rows, pca_inverse
 
+#: The classes of this module that a saved forecaster may contain.
+_OWN_TYPES = ("LastValueDelta", "LastValue", "RegimeInteractions", "TreeFeatures", "ResidualBoost")
+#: Where they lived before the model folders: versions registered then name this module in their
+#: skops file; `mlops_assets/ml/estimators.py` re-exports the classes there so those still load.
+LEGACY_MODULE = "mlops_assets.ml.estimators"
+
 #: Types skops may load besides scikit-learn/numpy builtins (MLflow saves sklearn models with skops).
 SKOPS_TRUSTED_TYPES: list[str] = [
-    "mlops_assets.atmos.estimators.LastValueDelta",
-    "mlops_assets.atmos.estimators.LastValue",
-    "mlops_assets.atmos.estimators.RegimeInteractions",
-    "mlops_assets.atmos.estimators.TreeFeatures",
-    "mlops_assets.atmos.estimators.ResidualBoost",
+    *(f"mlops_assets.atmos.estimators.{name}" for name in _OWN_TYPES),
+    *(f"{LEGACY_MODULE}.{name}" for name in _OWN_TYPES),
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn._loss.loss.HalfSquaredError",
