@@ -87,6 +87,14 @@ class WarehouseResource(dg.ConfigurableResource):
         with self.engine.begin() as connection:
             yield connection
 
+    def _replace_rows(self, table: sa.Table, selected: sa.ColumnElement[bool], rows: list[dict[str, object]]) -> int:
+        """Delete the rows of `table` that `selected` matches and insert `rows`, in one transaction."""
+        with self._transaction() as connection:
+            connection.execute(sa.delete(table).where(selected))
+            if rows:
+                connection.execute(sa.insert(table), rows)
+        return len(rows)
+
     def replace_observations(self, station: str, start: pd.Timestamp, end: pd.Timestamp, frame: pd.DataFrame) -> int:
         """Atomically replace the station's rows in [start, end) with `frame`; return rows written."""
         rows = _records(conform(frame))
@@ -94,13 +102,8 @@ class WarehouseResource(dg.ConfigurableResource):
         if outside:
             raise ValueError(f"{len(outside)} rows fall outside {station} [{start}, {end}), e.g. {outside[0]['time']}")
         table = atmos_observations
-        with self._transaction() as connection:
-            connection.execute(
-                sa.delete(table).where(table.c.station == station, table.c.time >= start.to_pydatetime(), table.c.time < end.to_pydatetime())
-            )
-            if rows:
-                connection.execute(sa.insert(table), rows)
-        return len(rows)
+        selected = sa.and_(table.c.station == station, table.c.time >= start.to_pydatetime(), table.c.time < end.to_pydatetime())
+        return self._replace_rows(table, selected, rows)
 
     def read_observations(self, station: str) -> pd.DataFrame:
         """Every stored observation of the station, canonical frame, ordered by time."""
@@ -114,12 +117,7 @@ class WarehouseResource(dg.ConfigurableResource):
     def replace_features(self, station: str, frame: pd.DataFrame) -> int:
         """Atomically replace the station's cleaned series."""
         rows = _records(frame[["station", "time", *VARIABLES, "interpolated"]])
-        table = atmos_features
-        with self._transaction() as connection:
-            connection.execute(sa.delete(table).where(table.c.station == station))
-            if rows:
-                connection.execute(sa.insert(table), rows)
-        return len(rows)
+        return self._replace_rows(atmos_features, atmos_features.c.station == station, rows)
 
     def read_features(self, station: str) -> pd.DataFrame:
         """The cleaned hourly series of the station, ordered by time."""
@@ -138,11 +136,7 @@ class WarehouseResource(dg.ConfigurableResource):
         """Atomically replace every row loaded earlier from `source` (a file path) with `frame`."""
         columns = [str(c.name) for c in insurance_policies.columns if c.name != "source"]
         rows = [{"source": source, **row} for row in _records(frame[columns])]
-        with self._transaction() as connection:
-            connection.execute(sa.delete(insurance_policies).where(insurance_policies.c.source == source))
-            if rows:
-                connection.execute(sa.insert(insurance_policies), rows)
-        return len(rows)
+        return self._replace_rows(insurance_policies, insurance_policies.c.source == source, rows)
 
     def read_policies(self) -> pd.DataFrame:
         """All stored policies, in a stable order (source, line)."""
