@@ -16,8 +16,8 @@ from sklearn.base import clone
 from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor
 from sklearn.linear_model import Ridge
 
-from mlops_assets.atmos.dataset import TrainingWindows, WindowSet, build_training_windows
 from mlops_assets.atmos import estimators
+from mlops_assets.atmos.dataset import TrainingWindows, WindowSet, build_training_windows
 from mlops_assets.atmos.estimators import (
     LEGACY_MODULE,
     SKOPS_TRUSTED_TYPES,
@@ -287,13 +287,14 @@ def test_residual_boost_caps_components_at_the_outputs() -> None:
 # --- The layout: FeatureSpec names the columns, the estimators read what it names -----------------
 
 LAYOUT_SPEC = FeatureSpec(calendar=True, covariates=("td", "rh"))
-LAST_OBSERVED_AT = dt.datetime(2013, 6, 1, 23, tzinfo=dt.timezone.utc)
+LAST_OBSERVED_AT = dt.datetime(2013, 6, 1, 23, tzinfo=dt.UTC)
 
 
 def layout_request(offset: float = 0.0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Temperatures and covariates whose every value is distinct, so a misplaced column shows."""
     temperatures = 3.0 + offset + 0.25 * np.arange(INPUT_HOURS)
-    return temperatures, {"td": 100.0 + offset + np.arange(HORIZON_HOURS), "rh": 200.0 + offset + np.arange(HORIZON_HOURS)}
+    hours = np.arange(HORIZON_HOURS)
+    return temperatures, {"td": 100.0 + offset + hours, "rh": 200.0 + offset + hours}
 
 
 def test_feature_row_puts_each_request_part_where_the_spec_names_it() -> None:
@@ -304,7 +305,8 @@ def test_feature_row_puts_each_request_part_where_the_spec_names_it() -> None:
     np.testing.assert_array_equal(row[LAYOUT_SPEC.lag_slice], temperatures)
     assert row[LAYOUT_SPEC.last_lag_column] == temperatures[-1] and names[LAYOUT_SPEC.last_lag_column] == "tmp_lag0"
     assert row[LAYOUT_SPEC.lag_column(24)] == temperatures[-25] and names[LAYOUT_SPEC.lag_column(24)] == "tmp_lag24"
-    np.testing.assert_array_equal(row[LAYOUT_SPEC.calendar_slice], calendar_terms(np.array([epoch_hours(LAST_OBSERVED_AT)]))[0])
+    terms = calendar_terms(np.array([epoch_hours(LAST_OBSERVED_AT)]))[0]
+    np.testing.assert_array_equal(row[LAYOUT_SPEC.calendar_slice], terms)
     assert names[LAYOUT_SPEC.calendar_slice] == list(CALENDAR_TERMS)
     assert names[LAYOUT_SPEC.hour_of_day_slice] == ["hour_of_day_sin", "hour_of_day_cos"]
     for name, values in covariates.items():

@@ -131,7 +131,9 @@ class RegimeInteractions(TransformerMixin, BaseEstimator):
     `first_column` is the spec's `covariate_start` (the default: that of a spec with calendar).
     """
 
-    def __init__(self, first_column: int = FeatureSpec(calendar=True).covariate_start, window: int = INPUT_HOURS) -> None:
+    def __init__(
+        self, first_column: int = FeatureSpec(calendar=True).covariate_start, window: int = INPUT_HOURS
+    ) -> None:
         self.first_column = first_column
         self.window = window
 
@@ -190,7 +192,9 @@ class TreeFeatures(TransformerMixin, BaseEstimator):
 
     def feature_spec(self) -> FeatureSpec:
         """The layout of the rows this transformer reads."""
-        return FeatureSpec(calendar=bool(self.calendar), covariates=tuple(self.covariates), covariate_hours=int(self.covariate_hours))
+        return FeatureSpec(
+            calendar=bool(self.calendar), covariates=tuple(self.covariates), covariate_hours=int(self.covariate_hours)
+        )
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> TreeFeatures:
         expected = self.feature_spec().n_features

@@ -102,7 +102,9 @@ class WarehouseResource(dg.ConfigurableResource):
         if outside:
             raise ValueError(f"{len(outside)} rows fall outside {station} [{start}, {end}), e.g. {outside[0]['time']}")
         table = atmos_observations
-        selected = sa.and_(table.c.station == station, table.c.time >= start.to_pydatetime(), table.c.time < end.to_pydatetime())
+        selected = sa.and_(
+            table.c.station == station, table.c.time >= start.to_pydatetime(), table.c.time < end.to_pydatetime()
+        )
         return self._replace_rows(table, selected, rows)
 
     def read_observations(self, station: str) -> pd.DataFrame:
