@@ -719,6 +719,7 @@ def _champion_store(root: Path) -> str:
 
     from mlops_assets.atmos.forecast_features import FeatureSpec, feature_matrix
     from mlops_assets.atmos.model_io import log_forecaster
+    from mlops_assets.resources.mlflow_run import MlflowRun
     from mlops_assets_tests.serving.support import synthetic_windows
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -732,8 +733,9 @@ def _champion_store(root: Path) -> str:
         mlflow.set_tracking_uri(uri)
         try:
             experiment = mlflow.create_experiment("monitoring", artifact_location=str(root / "artifacts"))
-            with mlflow.start_run(experiment_id=experiment):
-                info = log_forecaster(Ridge().fit(X, target), spec, X[:2])
+            with mlflow.start_run(experiment_id=experiment) as run:
+                logged_to = MlflowRun.existing(mlflow.get_tracking_uri(), run.info.run_id)
+                info = log_forecaster(logged_to, Ridge().fit(X, target), spec, X[:2])
             version = mlflow.register_model(info.model_uri, SERVED[0]).version
             mlflow.MlflowClient(uri).set_registered_model_alias(SERVED[0], "champion", str(version))
         finally:

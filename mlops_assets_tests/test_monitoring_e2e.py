@@ -39,6 +39,7 @@ from mlops_assets.monitoring.assets import atmos_forecast_accuracy, read_accurac
 from mlops_assets.monitoring.resources import MonitoringSettings
 from mlops_assets.monitoring.sensors import champion_degradation_sensor
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.resources.mlflow_run import MlflowRun
 from mlops_assets.resources.warehouse import WarehouseResource
 
 STATION = "JFK"
@@ -114,7 +115,8 @@ def test_served_forecasts_are_scored_like_an_independent_computation(
         versions = []
         for estimator, test_mae in zip(estimators, test_maes, strict=True):
             with mlflow.start_run(experiment_id=experiment) as run:
-                info = log_forecaster(estimator, spec, windows.train.features(spec)[:2])
+                logged_to = MlflowRun.existing(mlflow.get_tracking_uri(), run.info.run_id)
+                info = log_forecaster(logged_to, estimator, spec, windows.train.features(spec)[:2])
             model_version = client.create_model_version(
                 MODEL, info.model_uri, run_id=run.info.run_id, tags={"test_mae": f"{test_mae:.4f}"}
             )

@@ -9,6 +9,7 @@ import dagster as dg
 import mlflow
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from mlflow.entities import LoggedModelStatus
 
 from mlops_assets.atmos.assets import (
     atmos_champion_model,
@@ -18,17 +19,23 @@ from mlops_assets.atmos.assets import (
     raw_atmos_observations,
 )
 from mlops_assets.atmos.checks import atmos_champion_serves, atmos_features_checks, atmos_tuned_model_beats_baselines
+from mlops_assets.atmos.model_io import FEATURE_SPEC_KEY
 from mlops_assets.atmos.source import SampleObservationSource
 from mlops_assets.cli import main
 from mlops_assets.constants import ATMOS_MODEL_NAME
 from mlops_assets.resources import mlflow_resources
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.resources.mlflow_run import downloaded_model
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.tuning.resources import TuningResource
 
 DATA_ASSETS = [raw_atmos_observations, atmos_features, atmos_features_checks]
 TRAINING_ASSETS = [
-    atmos_training_windows, atmos_tuned_model, atmos_champion_model, atmos_tuned_model_beats_baselines, atmos_champion_serves,
+    atmos_training_windows,
+    atmos_tuned_model,
+    atmos_champion_model,
+    atmos_tuned_model_beats_baselines,
+    atmos_champion_serves,
 ]
 RANGE = {ASSET_PARTITION_RANGE_START_TAG: "2013-01-01", ASSET_PARTITION_RANGE_END_TAG: "2013-04-30"}
 
@@ -55,12 +62,17 @@ def ingested(tmp_path: Path, mlflow_uri: str, instance: dg.DagsterInstance) -> d
     return resources
 
 
-def _train(resources: dict[str, object], instance: dg.DagsterInstance, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+def _train(
+    resources: dict[str, object], instance: dg.DagsterInstance, raise_on_error: bool = True
+) -> dg.ExecuteInProcessResult:
     return dg.materialize(TRAINING_ASSETS, resources=resources, instance=instance, raise_on_error=raise_on_error)
 
 
 def test_search_promotes_then_refuses_an_equal_model_then_rolls_back(
-    ingested: dict[str, object], instance: dg.DagsterInstance, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch,
+    ingested: dict[str, object],
+    instance: dg.DagsterInstance,
+    mlflow_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     first = _train(ingested, instance)
@@ -79,8 +91,14 @@ def test_search_promotes_then_refuses_an_equal_model_then_rolls_back(
     assert all("val_mae" in trial.data.metrics for trial in trials)
     finished = [trial for trial in trials if "fit_seconds" in trial.data.metrics]  # the others ASHA stopped early
     assert finished and all("val_mae_h24" in trial.data.metrics for trial in finished)
-    model_info = mlflow.models.get_model_info(f"models:/{ATMOS_MODEL_NAME}/1")
+    with downloaded_model(mlflow_uri, f"models:/{ATMOS_MODEL_NAME}/1") as local:
+        model_info = mlflow.models.get_model_info(str(local))
     assert model_info.signature is not None and model_info.saved_input_example_info is not None
+    assert FEATURE_SPEC_KEY in model_info.metadata and model_info.model_uri == tuned.model_uri
+    logged = client.get_logged_model(tuned.model_uri.removeprefix("models:/"))
+    assert logged.status == LoggedModelStatus.READY and logged.source_run_id == tuned.run_id
+    assert parent.info.status == "FINISHED" and parent.data.metrics["test_mae"] == pytest.approx(tuned.test_score)
+    assert parent.data.params["best_family"] == tuned.family
     tuned_metadata = first.asset_materializations_for_node("atmos_tuned_model")[0].metadata
     assert "compiled_as" in tuned_metadata  # what the service will evaluate, proven on the whole test set
     if tuned_metadata["compiled_as"].value != "none":
@@ -123,7 +141,9 @@ def test_an_unreachable_tracking_server_fails_the_run_and_promotes_nothing(
     assert not result.asset_materializations_for_node("atmos_champion_model")
 
 
-def test_new_features_trigger_retraining_through_automation(ingested: dict[str, object], instance: dg.DagsterInstance) -> None:
+def test_new_features_trigger_retraining_through_automation(
+    ingested: dict[str, object], instance: dg.DagsterInstance
+) -> None:
     definitions = dg.Definitions(assets=[*DATA_ASSETS[:2], *TRAINING_ASSETS[:3]], resources=ingested)
     baseline = dg.evaluate_automation_conditions(defs=definitions, instance=instance)
     quiet = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=baseline.cursor)

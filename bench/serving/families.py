@@ -56,6 +56,7 @@ def build_store(workdir: Path) -> tuple[str, dict[str, dict[str, Any]]]:
     from mlops_assets.atmos.forecast_features import feature_row
     from mlops_assets.atmos.model_io import log_forecaster
     from mlops_assets.atmos.source import load_sample_observations
+    from mlops_assets.resources.mlflow_run import MlflowRun
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -76,8 +77,9 @@ def build_store(workdir: Path) -> tuple[str, dict[str, dict[str, Any]]]:
         estimator.fit(X, windows.train.targets)
         row = feature_row(spec, test.temperatures[i], when, {n: cov_values[n] for n in spec.covariates} or None)
         mae = float(np.abs(estimator.predict(test.features(spec)) - test.targets).mean())
-        with mlflow.start_run(experiment_id=experiment):
-            info = log_forecaster(estimator, spec, row)
+        with mlflow.start_run(experiment_id=experiment) as run:
+            logged_to = MlflowRun.existing(mlflow.get_tracking_uri(), run.info.run_id)
+            info = log_forecaster(logged_to, estimator, spec, row)
         version = str(mlflow.register_model(info.model_uri, ATMOS).version)
         body = {"time_series": test.temperatures[i].tolist(), "last_observed_at": when.isoformat()}
         if spec.covariates:

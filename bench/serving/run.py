@@ -107,6 +107,7 @@ def build_store(workdir: Path) -> Store:
 
     from mlops_assets.atmos.forecast_features import FeatureSpec
     from mlops_assets.atmos.model_io import log_forecaster
+    from mlops_assets.resources.mlflow_run import MlflowRun
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -118,8 +119,9 @@ def build_store(workdir: Path) -> Store:
     for alpha in (1.0, 100.0):
         model = Ridge(alpha=alpha).fit(X[:split], y[:split])
         mae = float(np.abs(model.predict(X[split:]) - y[split:]).mean())
-        with mlflow.start_run(experiment_id=experiment):
-            info = log_forecaster(model, FeatureSpec(), X[split : split + 1])  # one-row example
+        with mlflow.start_run(experiment_id=experiment) as run:
+            logged_to = MlflowRun.existing(mlflow.get_tracking_uri(), run.info.run_id)
+            info = log_forecaster(logged_to, model, FeatureSpec(), X[split : split + 1])  # one-row example
         version = mlflow.register_model(info.model_uri, MODEL).version
         client.set_model_version_tag(MODEL, version, "test_mae", f"{mae:.4f}")
         versions.append(str(version))

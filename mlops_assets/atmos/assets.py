@@ -8,18 +8,18 @@ challenger is better.
 
 import datetime as dt
 import math
+from typing import Any
 
 import dagster as dg
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models.model import ModelInfo
 
 from mlops_assets.atmos.cleaning import clean_observations
 from mlops_assets.atmos.dataset import TrainingWindows, build_training_windows
+from mlops_assets.atmos.estimators import SKOPS_TRUSTED_TYPES
 from mlops_assets.atmos.kma import KmaApiError
 from mlops_assets.atmos.metrics import baseline_maes, baselines_per_horizon, mae
-from mlops_assets.atmos.model_io import load_forecaster, log_forecaster
+from mlops_assets.atmos.model_io import forecaster_example, forecaster_metadata, load_forecaster
 from mlops_assets.atmos.observations import SourceConfigError
 from mlops_assets.atmos.plots import forecast_figure, horizon_error_figure
 from mlops_assets.atmos.search import (
@@ -28,7 +28,6 @@ from mlops_assets.atmos.search import (
     QUICK_SEARCH_SPACE,
     SEARCH_SPACE,
     TRIAL_ITERATIONS,
-    RefitModel,
     forecaster_trial,
     horizon_metrics,
     refit_and_score,
@@ -36,14 +35,14 @@ from mlops_assets.atmos.search import (
 from mlops_assets.atmos.source import CsvFormatError, ObservationSource, local_day_bounds
 from mlops_assets.automation import ON_NEW_PARTITIONS
 from mlops_assets.constants import ATMOS_GROUP, ATMOS_MODEL_NAME
-from mlops_assets.ml.compiled_parity import log_compiled_parity
 from mlops_assets.plots import figure_markdown, new_figure
 from mlops_assets.promotion.registry_promotion import champion_asset, promote_tuned_model
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.tuning.resources import TuningResource
-from mlops_assets.tuning.runner import run_search
+from mlops_assets.tuning.runner import SearchOutcome
 from mlops_assets.tuning.search_asset import search_asset
+from mlops_assets.tuning.search_step import Refit, Search, tuned_model_from_search
 from mlops_assets.tuning.tuned_model import TunedModel
 
 #: Historical station records reach back decades; 2000-01-01 covers what users backfill.
@@ -73,7 +72,9 @@ def raw_atmos_observations(
     keys = context.partition_keys
     first_day = dt.date.fromisoformat(keys[0])
     last_day = dt.date.fromisoformat(keys[-1])
-    context.log.info(f"fetching {source.station} {first_day}..{last_day} ({len(keys)} days) from {type(source).__name__}")
+    context.log.info(
+        f"fetching {source.station} {first_day}..{last_day} ({len(keys)} days) from {type(source).__name__}"
+    )
     try:
         frame = source.fetch(first_day, last_day)
         if frame.empty:
@@ -117,7 +118,10 @@ def raw_atmos_observations(
 def atmos_features(source: ObservationSource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     raw = warehouse.read_observations(source.station)
     if raw.empty:
-        raise dg.Failure(f"no raw observations stored for station {source.station}: materialize raw_atmos_observations first", allow_retries=False)
+        raise dg.Failure(
+            f"no raw observations stored for station {source.station}: materialize raw_atmos_observations first",
+            allow_retries=False,
+        )
     cleaned, report = clean_observations(raw)
     rows = warehouse.replace_features(source.station, cleaned)
     return dg.MaterializeResult(
@@ -157,7 +161,9 @@ def load_training_windows(source: ObservationSource, warehouse: WarehouseResourc
     """The windows of the stored features: deterministic, so every run (on any machine) rebuilds the same ones."""
     series = warehouse.read_features(source.station)
     if series.empty:
-        raise dg.Failure(f"no features stored for station {source.station}: materialize atmos_features first", allow_retries=False)
+        raise dg.Failure(
+            f"no features stored for station {source.station}: materialize atmos_features first", allow_retries=False
+        )
     return build_training_windows(series)
 
 
@@ -201,115 +207,52 @@ def atmos_tuned_model(
     registry: MlflowRegistry,
 ) -> TunedModel:
     windows = load_training_windows(source, warehouse)
-    tags = {"dagster_run_id": context.run_id, "dagster_asset": "atmos_tuned_model", "station": source.station}
-    with registry.parent_run(ATMOS_EXPERIMENT, f"atmos_tuned_model {context.run_id[:8]}", tags) as parent:
-        return _search_and_refit(context, windows, tuning, registry, parent.info.run_id, parent.info.experiment_id)
-
-
-def _search_and_refit(
-    context: dg.AssetExecutionContext,
-    windows: TrainingWindows,
-    tuning: TuningResource,
-    registry: MlflowRegistry,
-    parent_run_id: str,
-    experiment_id: str,
-) -> TunedModel:
     quick = tuning.search == "quick"
     space = QUICK_SEARCH_SPACE if quick else SEARCH_SPACE
-    settings = tuning.settings(
-        default_samples=QUICK_NUM_SAMPLES if quick else DEFAULT_NUM_SAMPLES,
-        max_iterations=TRIAL_ITERATIONS,
-    )
-    outcome = run_search(
+    settings = tuning.settings(QUICK_NUM_SAMPLES if quick else DEFAULT_NUM_SAMPLES, max_iterations=TRIAL_ITERATIONS)
+    search = Search(
+        ATMOS_EXPERIMENT,
+        "atmos_temperature",
         forecaster_trial,
         space,
         settings,
         metric="val_mae",
-        tracking_uri=registry.tracking_uri,
-        experiment_name=ATMOS_EXPERIMENT,
-        parent_run_id=parent_run_id,
-        run_tags={"dagster_run_id": context.run_id, "pipeline": "atmos_temperature"},
         trainable_kwargs={"windows": windows},
+        parent_tags={"station": source.station},
     )
-    context.log.info(f"{len(outcome.trials)} trials in {outcome.wall_seconds:.1f} s; best {outcome.best.config}")
-    refit = refit_and_score(outcome.best.config, windows)
-    baselines = baseline_maes(windows.test)
-    model_info = _log_refit(
-        refit, windows, outcome.best.config, outcome.best.metrics, baselines, outcome.wall_seconds, len(outcome.trials)
-    )
-    parity = log_compiled_parity(refit.model, windows.test.features(refit.spec))
-    plots = {}
-    for name, figure in (
-        ("per_horizon_mae", horizon_error_figure(refit.test_per_horizon_mae, baselines_per_horizon(windows.test))),
-        ("forecast_vs_actual", forecast_figure(refit.test_predictions, windows.test)),
-    ):
-        mlflow.log_figure(figure, f"{name}.png")
-        plots[name] = dg.MetadataValue.md(figure_markdown(figure, name))
+    return tuned_model_from_search(context, registry, search, lambda outcome, config: _refit(outcome, config, windows))
 
-    tuned = TunedModel(
-        run_id=parent_run_id,
-        experiment_id=experiment_id,
-        model_uri=model_info.model_uri,
-        family=str(refit.config.get("family")),
-        config={k: _plain(v) for k, v in refit.config.items()},
+
+def _refit(outcome: SearchOutcome, config: dict[str, Any], windows: TrainingWindows) -> Refit:
+    """Refit on train + validation, score the test windows; per-horizon errors and two plots go with it."""
+    refit = refit_and_score(config, windows)
+    baselines = baseline_maes(windows.test)
+    test_features = windows.test.features(refit.spec)
+    return Refit(
+        refit.model,
         metric="test_mae",
-        val_score=outcome.best.metrics["val_mae"],
         test_score=refit.test_mae,
         baselines=baselines,
+        metrics={**horizon_metrics("test", refit.test_per_horizon_mae), "refit_seconds": refit.fit_seconds},
+        input_example=forecaster_example(windows.test.head(1).features(refit.spec)),
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
         details={"test_mae_per_horizon": [round(float(v), 4) for v in refit.test_per_horizon_mae]},
-        trials=len(outcome.trials),
-        search_seconds=outcome.wall_seconds,
-    )
-    context.add_output_metadata(
-        {
-            "mlflow_run_id": parent_run_id,
-            "mlflow_run": dg.MetadataValue.url(registry.run_url(experiment_id, parent_run_id)),
-            "family": str(refit.config.get("family")),
-            "config": dg.MetadataValue.json({k: _plain(v) for k, v in refit.config.items()}),
-            "trials": len(outcome.trials),
+        metadata={
             "trials_stopped_early": sum("fit_seconds" not in trial.metrics for trial in outcome.trials),
-            "errored_trials": outcome.errored_trials,
-            "search_seconds": round(outcome.wall_seconds, 1),
-            **parity,
-            "val_mae": round(tuned.val_score, 4),
-            "test_mae": round(tuned.test_score, 4),
+            "val_mae": round(outcome.best.metrics["val_mae"], 4),
+            "test_mae": round(refit.test_mae, 4),
             "test_mae_persistence": round(baselines["persistence"], 4),
             "test_mae_seasonal_naive": round(baselines["seasonal_naive"], 4),
             "test_mae_per_horizon": dg.MetadataValue.json([round(float(v), 3) for v in refit.test_per_horizon_mae]),
-            **plots,
-        }
+        },
+        model_metadata=forecaster_metadata(refit.spec),
+        parity_holdout=test_features,
+        json_files={"split_boundaries.json": windows.boundaries},
+        figures={
+            "per_horizon_mae": horizon_error_figure(refit.test_per_horizon_mae, baselines_per_horizon(windows.test)),
+            "forecast_vs_actual": forecast_figure(refit.test_predictions, windows.test),
+        },
     )
-    return tuned
-
-
-def _log_refit(
-    refit: RefitModel,
-    windows: TrainingWindows,
-    config: dict,
-    best_trial_metrics: dict[str, float],
-    baselines: dict[str, float],
-    search_seconds: float,
-    trials: int,
-) -> ModelInfo:
-    """Log the refit model and its scores to the active (parent) MLflow run."""
-    mlflow.log_params({f"best_{k}": _plain(v) for k, v in config.items()})
-    mlflow.log_metrics(horizon_metrics("test", refit.test_per_horizon_mae))
-    mlflow.log_metrics(
-        {
-            "best_val_mae": best_trial_metrics["val_mae"],
-            "refit_seconds": refit.fit_seconds,
-            "search_seconds": search_seconds,
-            "trials": trials,
-            **{f"test_mae_{name}": value for name, value in baselines.items()},
-        }
-    )
-    mlflow.log_dict(windows.boundaries, "split_boundaries.json")
-    example = windows.test.head(1).features(refit.spec)
-    return log_forecaster(refit.model, refit.spec, example)
-
-
-def _plain(value: object) -> object:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 @champion_asset(group_name=ATMOS_GROUP, model_name=ATMOS_MODEL_NAME, owners=["team:forecasting"])
@@ -334,8 +277,7 @@ def atmos_champion_model(
 
 def forecaster_test_mae(registry: MlflowRegistry, model_uri: str, windows: TrainingWindows) -> float:
     """Test MAE of a logged or registered forecaster on these windows (stored scores are not trusted)."""
-    registry.activate()
-    model, spec = load_forecaster(model_uri)
+    model, spec = load_forecaster(model_uri, registry.tracking_uri)
     missing = [name for name in spec.covariates if name not in windows.covariates]
     if missing:
         raise dg.Failure(

@@ -5,20 +5,24 @@ the tuned model is a `TunedModel` (stored in its MLflow run by the `tuned_model_
 the champion step rebuilds the holdout from the table and scores both models it compares.
 """
 
-
 import base64
 import dataclasses
 import json
 from typing import Any
 
 import dagster as dg
-import mlflow
 import numpy as np
-from mlflow.models import infer_signature
 from pydantic import Field
 
 from mlops_assets.constants import DIGITS_GROUP, DIGITS_MODEL_NAME
-from mlops_assets.digits.dataset import CLASSES, DigitsDataError, DigitsSplit, LabelledDigits, split_digits, validation_split
+from mlops_assets.digits.dataset import (
+    CLASSES,
+    DigitsDataError,
+    DigitsSplit,
+    LabelledDigits,
+    split_digits,
+    validation_split,
+)
 from mlops_assets.digits.families import KNOWN_GOOD, SKOPS_TRUSTED_TYPES, baselines, error_rate
 from mlops_assets.digits.png import montage_png
 from mlops_assets.digits.search import digits_trial, fit_and_score, fixed_space, search_space
@@ -28,8 +32,9 @@ from mlops_assets.promotion.registry_promotion import champion_asset, promote_tu
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.tuning.resources import TuningResource
-from mlops_assets.tuning.runner import run_search
+from mlops_assets.tuning.runner import SearchOutcome
 from mlops_assets.tuning.search_asset import search_asset
+from mlops_assets.tuning.search_step import Refit, Search, tuned_model_from_search
 from mlops_assets.tuning.tuned_model import TunedModel
 
 DIGITS_EXPERIMENT = DIGITS_MODEL_NAME
@@ -45,7 +50,10 @@ def _montage_markdown(images: np.ndarray, title: str) -> str:
     group_name=DIGITS_GROUP,
     kinds={"python", "sql"},
     owners=["team:vision"],
-    description=f"8x8 handwritten digits (bundled optdigits, or DIGITS_DATA_PATH), validated, in the warehouse table {TABLE_NAME}.",
+    description=(
+        "8x8 handwritten digits (bundled optdigits, or DIGITS_DATA_PATH), validated, "
+        f"in the warehouse table {TABLE_NAME}."
+    ),
 )
 def digit_images(digits_source: DigitsSource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     try:
@@ -69,7 +77,10 @@ class DigitsSearchConfig(dg.Config):
 
     fixed_config: str = Field(
         default="",
-        description='JSON of one configuration to train instead of searching, e.g. {"family": "svc", "svc_c": 10, "svc_gamma": 0.1}',
+        description=(
+            "JSON of one configuration to train instead of searching, "
+            'e.g. {"family": "svc", "svc_c": 10, "svc_gamma": 0.1}'
+        ),
     )
 
 
@@ -77,7 +88,10 @@ class DigitsSearchConfig(dg.Config):
     group_name=DIGITS_GROUP,
     deps=[digit_images],
     owners=["team:vision"],
-    description="Ray Tune search over an RBF SVC, an MLP and NCA + kNN (stratified 75/25 seeded split); logs the model with its neighbour index.",
+    description=(
+        "Ray Tune search over an RBF SVC, an MLP and NCA + kNN (stratified 75/25 seeded split); "
+        "logs the model with its neighbour index."
+    ),
 )
 def digits_tuned_model(
     context: dg.AssetExecutionContext,
@@ -86,11 +100,26 @@ def digits_tuned_model(
     tuning: TuningResource,
     registry: MlflowRegistry,
 ) -> TunedModel:
-    tags = {"dagster_run_id": context.run_id, "dagster_asset": "digits_tuned_model"}
     fixed = _fixed_config(config.fixed_config)
-    split = _holdout(warehouse)
-    with registry.parent_run(DIGITS_EXPERIMENT, f"digits_tuned_model {context.run_id[:8]}", tags) as parent:
-        return _search(context, split, fixed, tuning, registry, parent.info.run_id, parent.info.experiment_id)
+    outer = _holdout(warehouse)
+    inner = validation_split(outer.train)  # validation for the search, carved from train only
+    if fixed is None:
+        space, default_samples = search_space(quick=tuning.search == "quick")
+        settings, points = tuning.settings(default_samples=default_samples), [dict(KNOWN_GOOD)]
+    else:
+        space, points = fixed_space(fixed), None
+        settings = dataclasses.replace(tuning.settings(default_samples=1), num_samples=1)
+    search = Search(
+        DIGITS_EXPERIMENT,
+        DIGITS_MODEL_NAME,
+        digits_trial,
+        space,
+        settings,
+        metric="val_error_rate",
+        trainable_kwargs={"train": inner.train, "validation": inner.test},
+        points_to_evaluate=points,
+    )
+    return tuned_model_from_search(context, registry, search, lambda outcome, best: _refit(outcome, best, outer))
 
 
 def _fixed_config(text: str) -> dict[str, Any] | None:
@@ -118,56 +147,11 @@ def _holdout(warehouse: WarehouseResource) -> DigitsSplit:
         raise dg.Failure(str(error), allow_retries=False) from error
 
 
-def _search(
-    context: dg.AssetExecutionContext,
-    outer: DigitsSplit,
-    fixed: dict[str, Any] | None,
-    tuning: TuningResource,
-    registry: MlflowRegistry,
-    parent_run_id: str,
-    experiment_id: str,
-) -> TunedModel:
-    inner = validation_split(outer.train)  # validation for the search, carved from train only
-    if fixed is None:
-        space, default_samples = search_space(quick=tuning.search == "quick")
-        settings, points = tuning.settings(default_samples=default_samples), [dict(KNOWN_GOOD)]
-    else:
-        space, points = fixed_space(fixed), None
-        settings = dataclasses.replace(tuning.settings(default_samples=1), num_samples=1)
-    outcome = run_search(
-        digits_trial,
-        space,
-        settings,
-        metric="val_error_rate",
-        tracking_uri=registry.tracking_uri,
-        experiment_name=DIGITS_EXPERIMENT,
-        parent_run_id=parent_run_id,
-        run_tags={"dagster_run_id": context.run_id, "pipeline": DIGITS_MODEL_NAME},
-        trainable_kwargs={"train": inner.train, "validation": inner.test},
-        points_to_evaluate=points,
-    )
-    # Plain Python values: the TunedModel is stored as JSON in MLflow (NumPy scalars are not JSON).
-    best_config = {key: value.item() if isinstance(value, np.generic) else value for key, value in outcome.best.config.items()}
-    refit = fit_and_score(best_config, outer.train, outer.test)  # refit on all of train, score the holdout once
+def _refit(outcome: SearchOutcome, config: dict[str, Any], outer: DigitsSplit) -> Refit:
+    """Refit on all of train (the neighbour index included), score the holdout once."""
+    refit = fit_and_score(config, outer.train, outer.test)
     base = baselines(outer.train, outer.test)
     val_error = outcome.best.metrics["val_error_rate"]
-    mlflow.log_params({f"best_{k}": v for k, v in best_config.items()})
-    mlflow.log_metrics(
-        {
-            METRIC: refit.error_rate,
-            "test_accuracy": refit.accuracy,
-            "best_val_error_rate": val_error,
-            **{f"{METRIC}_{name}": value for name, value in base.as_dict().items()},
-        }
-    )
-    example = outer.test.images[:1]
-    model_info = mlflow.sklearn.log_model(
-        sk_model=refit.model,
-        name="model",
-        signature=infer_signature(example, refit.model.predict(example)),
-        input_example=example,
-        skops_trusted_types=SKOPS_TRUSTED_TYPES,
-    )
     details = {
         "test_accuracy": round(refit.accuracy, 4),
         "val_accuracy": round(1 - val_error, 4),
@@ -177,42 +161,28 @@ def _search(
         "images_test": len(outer.test),
         "index_images": len(refit.model.index_labels_),
     }
-    context.add_output_metadata(
-        {
-            "mlflow_run_id": parent_run_id,
-            "mlflow_run": dg.MetadataValue.url(registry.run_url(experiment_id, parent_run_id)),
-            "model_uri": model_info.model_uri,
-            "family": str(best_config.get("family")),
-            "config": dg.MetadataValue.json(best_config),
-            "trials": len(outcome.trials),
-            "search_seconds": round(outcome.wall_seconds, 1),
-            **details,
-        }
-    )
-    return TunedModel(
-        run_id=parent_run_id,
-        experiment_id=experiment_id,
-        model_uri=model_info.model_uri,
-        family=str(best_config.get("family")),
-        config=best_config,
+    return Refit(
+        refit.model,
         metric=METRIC,
-        val_score=float(val_error),
         test_score=refit.error_rate,
         baselines=base.as_dict(),
+        metrics={"test_accuracy": refit.accuracy},
+        input_example=outer.test.images[:1],
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
         details=details,
-        trials=len(outcome.trials),
-        search_seconds=round(outcome.wall_seconds, 2),
+        metadata=details,
     )
 
 
 def score_model(registry: MlflowRegistry, model_uri: str, holdout: LabelledDigits) -> float:
     """Error rate of a logged or registered model on this holdout (stored scores are not trusted)."""
-    registry.activate()
     try:
-        model = mlflow.sklearn.load_model(model_uri)
+        model = registry.load_sklearn_model(model_uri)
         predicted = np.asarray(model.predict(holdout.images))
     except Exception as error:  # a version that cannot load or predict cannot be compared: fail loudly
-        raise dg.Failure(f"{model_uri} cannot be scored on the digits holdout: {type(error).__name__}: {error}") from error
+        raise dg.Failure(
+            f"{model_uri} cannot be scored on the digits holdout: {type(error).__name__}: {error}"
+        ) from error
     unknown = sorted({int(v) for v in np.unique(predicted)} - set(CLASSES))
     if unknown:
         raise dg.Failure(f"{model_uri} predicts labels {unknown} that are not digits")
@@ -221,7 +191,10 @@ def score_model(registry: MlflowRegistry, model_uri: str, holdout: LabelledDigit
 
 @champion_asset(group_name=DIGITS_GROUP, model_name=DIGITS_MODEL_NAME, owners=["team:vision"], deps=[digit_images])
 def digits_champion_model(
-    context: dg.AssetExecutionContext, digits_tuned_model: TunedModel, warehouse: WarehouseResource, registry: MlflowRegistry
+    context: dg.AssetExecutionContext,
+    digits_tuned_model: TunedModel,
+    warehouse: WarehouseResource,
+    registry: MlflowRegistry,
 ) -> dg.MaterializeResult:
     holdout = _holdout(warehouse)  # rebuilt from today's table: both models and the baselines see the same images
     base = baselines(holdout.train, holdout.test).as_dict()
@@ -234,7 +207,9 @@ def digits_champion_model(
         baselines=base,
     )
     decision = outcome.decision
-    registry.tag_version(DIGITS_MODEL_NAME, outcome.registered_version, {"test_accuracy": round(1 - decision.challenger_score, 4)})
+    registry.tag_version(
+        DIGITS_MODEL_NAME, outcome.registered_version, {"test_accuracy": round(1 - decision.challenger_score, 4)}
+    )
     metadata["challenger_test_accuracy"] = round(1 - decision.challenger_score, 4)
     metadata["champion_test_accuracy_same_holdout"] = (
         round(1 - decision.champion_score, 4) if decision.champion_score is not None else None

@@ -1,9 +1,9 @@
 """The insurance pipeline: policies table -> Ray Tune search -> champion of `insurance_charges`."""
 
+from typing import Any
+
 import dagster as dg
-import mlflow
 import pandas as pd
-from mlflow.models import infer_signature
 from sklearn.metrics import mean_absolute_error
 
 from mlops_assets.constants import INSURANCE_GROUP, INSURANCE_MODEL_NAME
@@ -11,13 +11,13 @@ from mlops_assets.insurance.dataset import PolicySchemaError, validate_policies
 from mlops_assets.insurance.families import FEATURES, SKOPS_TRUSTED_TYPES, TARGET, Split, split_policies
 from mlops_assets.insurance.search import fit_and_score, insurance_trial, median_baseline_mae, search_space
 from mlops_assets.insurance.source import PolicySource
-from mlops_assets.ml.compiled_parity import log_compiled_parity
 from mlops_assets.promotion.registry_promotion import champion_asset, promote_tuned_model
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.tuning.resources import TuningResource
-from mlops_assets.tuning.runner import run_search
+from mlops_assets.tuning.runner import SearchOutcome
 from mlops_assets.tuning.search_asset import search_asset
+from mlops_assets.tuning.search_step import Refit, Search, tuned_model_from_search
 from mlops_assets.tuning.tuned_model import TunedModel
 
 MAX_REJECTED_SHOWN = 20
@@ -75,82 +75,46 @@ def insurance_tuned_model(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, tuning: TuningResource, registry: MlflowRegistry
 ) -> TunedModel:
     outer = insurance_holdout(warehouse)
-    tags = {"dagster_run_id": context.run_id, "dagster_asset": "insurance_tuned_model"}
-    with registry.parent_run(INSURANCE_EXPERIMENT, f"insurance_tuned_model {context.run_id[:8]}", tags) as parent:
-        return _search(context, outer, tuning, registry, parent.info.run_id, parent.info.experiment_id)
-
-
-def _search(
-    context: dg.AssetExecutionContext,
-    outer: Split,
-    tuning: TuningResource,
-    registry: MlflowRegistry,
-    parent_run_id: str,
-    experiment_id: str,
-) -> TunedModel:
     inner = split_policies(outer.train, seed=43)  # validation for the search, carved from train only
     space, default_samples = search_space(quick=tuning.search == "quick")
-    outcome = run_search(
-        insurance_trial,
-        space,
-        tuning.settings(default_samples=default_samples),
-        metric="val_mae",
-        tracking_uri=registry.tracking_uri,
-        experiment_name=INSURANCE_EXPERIMENT,
-        parent_run_id=parent_run_id,
-        run_tags={"dagster_run_id": context.run_id, "pipeline": INSURANCE_MODEL_NAME},
-        trainable_kwargs={"train": inner.train, "validation": inner.test},
-    )
-    refit = fit_and_score(outcome.best.config, outer.train, outer.test)  # refit on all of train, score test once
-    baselines = {"median": median_baseline_mae(outer.train, outer.test)}
-    example = outer.test[list(FEATURES)].head(1)
-    mlflow.log_params({f"best_{k}": v for k, v in outcome.best.config.items()})
-    mlflow.log_metrics(
-        {"test_mae": refit.mae, "test_r2": refit.r2, "best_val_mae": outcome.best.metrics["val_mae"], "test_mae_median": baselines["median"]}
-    )
-    model_info = mlflow.sklearn.log_model(
-        sk_model=refit.model,
-        name="model",
-        signature=infer_signature(example, refit.model.predict(example)),
-        input_example=example,
+    data = {"train": inner.train, "validation": inner.test}
+    settings = tuning.settings(default_samples)
+    search = Search(INSURANCE_EXPERIMENT, INSURANCE_MODEL_NAME, insurance_trial, space, settings, "val_mae", data)
+    return tuned_model_from_search(context, registry, search, lambda outcome, config: _refit(outcome, config, outer))
+
+
+def _refit(outcome: SearchOutcome, config: dict[str, Any], outer: Split) -> Refit:
+    """Refit on all of train, score the test rows once."""
+    refit = fit_and_score(config, outer.train, outer.test)
+    median = median_baseline_mae(outer.train, outer.test)
+    features = outer.test[list(FEATURES)]
+    return Refit(
+        refit.model,
+        metric="test_mae",
+        test_score=refit.mae,
+        baselines={"median": median},
+        metrics={"test_r2": refit.r2},
+        input_example=features.head(1),
         skops_trusted_types=SKOPS_TRUSTED_TYPES,
-    )
-    parity = log_compiled_parity(refit.model, outer.test[list(FEATURES)])
-    context.add_output_metadata(
-        {
-            **parity,
-            "mlflow_run_id": parent_run_id,
-            "mlflow_run": dg.MetadataValue.url(registry.run_url(experiment_id, parent_run_id)),
-            "family": str(outcome.best.config.get("family")),
-            "trials": len(outcome.trials),
-            "search_seconds": round(outcome.wall_seconds, 1),
+        details={"test_r2": round(refit.r2, 4)},
+        metadata={
             "val_mae": round(outcome.best.metrics["val_mae"], 1),
             "test_mae": round(refit.mae, 1),
             "test_r2": round(refit.r2, 4),
-            "test_mae_median_baseline": round(baselines["median"], 1),
+            "test_mae_median_baseline": round(median, 1),
             "rows_train": len(outer.train),
             "rows_test": len(outer.test),
-        }
-    )
-    return TunedModel(
-        run_id=parent_run_id,
-        experiment_id=experiment_id,
-        model_uri=model_info.model_uri,
-        family=str(outcome.best.config.get("family")),
-        config=dict(outcome.best.config),
-        metric="test_mae",
-        val_score=outcome.best.metrics["val_mae"],
-        test_score=refit.mae,
-        baselines=baselines,
-        details={"test_r2": round(refit.r2, 4)},
-        trials=len(outcome.trials),
-        search_seconds=outcome.wall_seconds,
+        },
+        parity_holdout=features,
     )
 
 
 @champion_asset(group_name=INSURANCE_GROUP, model_name=INSURANCE_MODEL_NAME, owners=["team:pricing"])
 def insurance_champion_model(
-    context: dg.AssetExecutionContext, insurance_tuned_model: TunedModel, warehouse: WarehouseResource, registry: MlflowRegistry
+    context: dg.AssetExecutionContext,
+    insurance_tuned_model: TunedModel,
+    warehouse: WarehouseResource,
+    registry: MlflowRegistry,
 ) -> dg.MaterializeResult:
     holdout = insurance_holdout(warehouse)
     _, metadata = promote_tuned_model(
@@ -166,6 +130,5 @@ def insurance_champion_model(
 
 def insurance_test_mae(registry: MlflowRegistry, model_uri: str, test: pd.DataFrame) -> float:
     """Test MAE of a logged or registered model on this holdout (stored scores are not trusted)."""
-    registry.activate()
-    model = mlflow.sklearn.load_model(model_uri)
+    model = registry.load_sklearn_model(model_uri)
     return float(mean_absolute_error(test[TARGET], model.predict(test[list(FEATURES)])))

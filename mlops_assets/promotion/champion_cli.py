@@ -9,7 +9,15 @@ from mlops_assets.constants import CHAMPION_ALIAS
 from mlops_assets.resources.mlflow_registry import MlflowRegistry, TrackingServerUnavailable
 from mlops_assets.settings import PipelineSettings
 
-SHOWN_TAGS = ("test_mae", "val_mae", "family", "baseline_persistence", "baseline_seasonal_naive", "decision", "decision_reason")
+SHOWN_TAGS = (
+    "test_mae",
+    "val_mae",
+    "family",
+    "baseline_persistence",
+    "baseline_seasonal_naive",
+    "decision",
+    "decision_reason",
+)
 
 
 def show_champion(model_name: str, settings: PipelineSettings) -> int:
@@ -51,11 +59,16 @@ def rollback(model_name: str, version: str, reason: str, settings: PipelineSetti
     registry.tag_version(
         model_name,
         target.version,
-        {"rolled_back_at": now, "rollback_reason": reason, "rolled_back_from": previous.version if previous else "none"},
+        {
+            "rolled_back_at": now,
+            "rollback_reason": reason,
+            "rolled_back_from": previous.version if previous else "none",
+        },
     )
     if previous is not None and previous.version != target.version:
         registry.tag_version(model_name, previous.version, {"demoted_at": now, "demotion_reason": reason})
-    print(f"{model_name}@{CHAMPION_ALIAS}: version {previous.version if previous else 'none'} -> {target.version} ({reason})")
+    before = previous.version if previous else "none"
+    print(f"{model_name}@{CHAMPION_ALIAS}: version {before} -> {target.version} ({reason})")
     return 0
 
 
@@ -63,11 +76,11 @@ def example_request(model_name: str, settings: PipelineSettings) -> int:
     """Print a forecast request for the champion from the newest 72 stored hours (JSON on stdout)."""
     import json
 
-    import mlflow
     import pandas as pd
 
     from mlops_assets.atmos.forecast_features import INPUT_HOURS, FeatureSpec
     from mlops_assets.atmos.model_io import FEATURE_SPEC_KEY
+    from mlops_assets.resources.mlflow_run import model_metadata
     from mlops_assets.resources.warehouse import WarehouseResource
 
     registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri)
@@ -75,9 +88,8 @@ def example_request(model_name: str, settings: PipelineSettings) -> int:
     if champion is None:
         print(f"error: {model_name} has no '{CHAMPION_ALIAS}' version in {registry.tracking_uri}", file=sys.stderr)
         return 1
-    registry.activate()
-    info = mlflow.models.get_model_info(f"models:/{model_name}/{champion.version}")
-    spec = FeatureSpec.from_dict((info.metadata or {})[FEATURE_SPEC_KEY])
+    metadata = model_metadata(registry.tracking_uri, f"models:/{model_name}/{champion.version}")
+    spec = FeatureSpec.from_dict(metadata[FEATURE_SPEC_KEY])
     station = settings.station
     warehouse = WarehouseResource(url=settings.warehouse_url)
     features = warehouse.read_features(station)
@@ -100,4 +112,3 @@ def example_request(model_name: str, settings: PipelineSettings) -> int:
         }
     print(json.dumps(body))
     return 0
-

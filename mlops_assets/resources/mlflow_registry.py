@@ -3,14 +3,14 @@
 Why not dagster-mlflow's `mlflow_tracking` resource for the parent run: it keeps one global
 active MLflow run per process, so two pipelines materialized in one Dagster run (the main
 command runs both) log into each other's run. An explicit run per asset, tagged with the
-Dagster run id and ended with the step's outcome, does not collide.
+Dagster run id, written to by its id and ended with the step's outcome (`mlflow_run.py`), does not
+collide; models are loaded from this store by the same helper, never through a process-wide URI.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -21,21 +21,11 @@ from pydantic import Field
 
 from mlops_assets.constants import CHAMPION_ALIAS, DEFAULT_TRACKING_URI
 from mlops_assets.registry_errors import is_missing_alias
-
+from mlops_assets.resources.mlflow_run import MlflowRun, load_sklearn_model, open_run, tracking_client
 
 
 class TrackingServerUnavailable(RuntimeError):
     """MLflow (or its database) cannot be reached: fail the run, promote nothing."""
-
-
-def is_local_sqlite(uri: str) -> bool:
-    return uri.startswith("sqlite:///")
-
-
-def prepare_local_store(uri: str) -> None:
-    """Create the folder of an embedded SQLite store (MLflow does not)."""
-    if is_local_sqlite(uri):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
 class MlflowRegistry(dg.ConfigurableResource):
@@ -44,8 +34,7 @@ class MlflowRegistry(dg.ConfigurableResource):
     tracking_uri: str = Field(default=DEFAULT_TRACKING_URI, description="MLflow tracking URI")
 
     def client(self) -> mlflow.MlflowClient:
-        prepare_local_store(self.tracking_uri)
-        return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return tracking_client(self.tracking_uri)
 
     def ensure_reachable(self) -> None:
         """Raise TrackingServerUnavailable with the cause, instead of a deep MLflow traceback."""
@@ -54,14 +43,9 @@ class MlflowRegistry(dg.ConfigurableResource):
         except Exception as error:  # requests, SQLAlchemy and MLflow errors all mean "down"
             raise TrackingServerUnavailable(f"MLflow at {self.tracking_uri} is unreachable: {error}") from error
 
-    def activate(self) -> None:
-        """Point MLflow's fluent API (model loading, logging) at this store."""
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-
     @contextmanager
-    def parent_run(self, experiment_name: str, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
-        """The active MLflow run a search nests its trials under; FAILED if the block raises.
+    def parent_run(self, experiment_name: str, run_name: str, tags: dict[str, str]) -> Iterator[MlflowRun]:
+        """The run a search nests its trials under and its refit logs to; FAILED if the block raises.
 
         An unreachable store fails the step at once (another attempt of the same step cannot help).
         """
@@ -69,10 +53,12 @@ class MlflowRegistry(dg.ConfigurableResource):
             self.ensure_reachable()
         except TrackingServerUnavailable as error:
             raise dg.Failure(str(error), allow_retries=False) from error
-        self.activate()
-        experiment = mlflow.set_experiment(experiment_name)
-        with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name, tags=tags) as run:
+        with open_run(self.tracking_uri, experiment_name, run_name, tags) as run:
             yield run
+
+    def load_sklearn_model(self, model_uri: str) -> Any:
+        """The estimator of a logged (`models:/m-...`) or registered (`models:/<name>/<version>`) model."""
+        return load_sklearn_model(self.tracking_uri, model_uri)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         base = self.tracking_uri if self.tracking_uri.startswith("http") else "http://127.0.0.1:5000"

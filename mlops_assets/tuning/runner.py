@@ -22,6 +22,7 @@ import mlflow
 import ray
 from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune import Callback
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -29,7 +30,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 #: Environment of every trial: one BLAS/OpenMP thread per trial, or two trials on two cores
 #: oversubscribe and a single HistGradientBoosting fit takes 100x longer.
-TRIAL_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+TRIAL_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
 
 #: Tune settings that Ray 2.x reads only from the environment of the process running the Tune loop
 #: (`ray.tune.utils.callback._create_default_callbacks`, `ray.tune.experimental.output`).
@@ -124,7 +130,9 @@ def _connect_ray(settings: SearchSettings) -> bool:
         try:
             ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=False)
         except Exception as error:
-            raise RayClusterUnreachable(f"could not connect to the Ray cluster at {settings.ray_address}: {error}") from error
+            raise RayClusterUnreachable(
+                f"could not connect to the Ray cluster at {settings.ray_address}: {error}"
+            ) from error
     else:
         ray.init(
             address="local",
@@ -141,8 +149,15 @@ def _connect_ray(settings: SearchSettings) -> bool:
 def _environment(values: Mapping[str, str]) -> Iterator[None]:
     """Set environment variables for the duration of the block, then restore the previous ones.
 
-    Only for Tune settings that Ray reads from the environment of the Tune loop and offers no
-    parameter for (TUNE_ENV); library code must not leave the process environment changed.
+    The one place library code changes the process environment, and only for TUNE_ENV: Ray
+    2.x has no `Tuner`/`RunConfig`/`TuneConfig` parameter for either variable. It reads
+    `TUNE_DISABLE_AUTO_CALLBACK_LOGGERS` only from `os.environ` in
+    `ray.tune.utils.callback._create_default_callbacks` (which adds the CSV and TensorBoard loggers
+    unless it is "1"), and `RAY_AIR_NEW_OUTPUT` only in `ray.tune.experimental.output.get_air_verbosity`
+    (`verbose=0` still selects the new console reporter unless it is "0"). Both are read in the
+    process running the Tune loop: `runtime_env` sets them only where Ray starts that loop itself
+    (a `ray://` address); a local loop runs in this process. The previous values come back when
+    the search ends.
     """
     previous = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
@@ -235,9 +250,15 @@ def run_search(
             max_concurrent=settings.max_concurrent,
         )
         scheduler = ASHAScheduler(
-            time_attr="training_iteration", metric=metric, mode="min", max_t=max(settings.max_iterations, 1), grace_period=1
+            time_attr="training_iteration",
+            metric=metric,
+            mode="min",
+            max_t=max(settings.max_iterations, 1),
+            grace_period=1,
         )
-        callbacks = [
+        # The store is passed explicitly. (Ray's callback also points MLflow's process-wide URI
+        # at it, in `ray.air._internal.mlflow.setup_mlflow`; nothing in this project reads that.)
+        callbacks: list[Callback] = [
             _PlacementTaggingMLflowCallback(
                 tracking_uri=tracking_uri,
                 registry_uri=tracking_uri,
@@ -250,7 +271,9 @@ def run_search(
             JsonLoggerCallback(),
         ]
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(record_placement(trainable), **(trainable_kwargs or {})), {"cpu": 1}),
+            tune.with_resources(
+                tune.with_parameters(record_placement(trainable), **(trainable_kwargs or {})), {"cpu": 1}
+            ),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples, reuse_actors=True
@@ -262,13 +285,14 @@ def run_search(
         with _environment(TUNE_ENV):
             results = tuner.fit()
         wall = time.perf_counter() - began
+        every_result = [results[index] for index in range(len(results))]  # ResultGrid declares no __iter__
         trials = [
             TrialSummary(result.path.rsplit("/", 1)[-1], dict(result.config or {}), _numbers(result.metrics or {}))
-            for result in results
+            for result in every_result
             if result.error is None and result.metrics and metric in result.metrics
         ]
         if not trials:
-            first_error = next((result.error for result in results if result.error is not None), None)
+            first_error = next((result.error for result in every_result if result.error is not None), None)
             raise RuntimeError(f"every trial of the search failed; first error: {first_error}")
         best = results.get_best_result(metric=metric, mode="min", scope="last")
         best_summary = TrialSummary(best.path.rsplit("/", 1)[-1], dict(best.config or {}), _numbers(best.metrics or {}))

@@ -59,12 +59,14 @@ def _register(spec: FeatureSpec, seed: int, experiment_id: str) -> TemplateVersi
     from sklearn.linear_model import Ridge
 
     from mlops_assets.atmos.model_io import log_forecaster
+    from mlops_assets.resources.mlflow_run import MlflowRun
 
     temps, target, epoch, rh = synthetic_windows(300, seed)
     X = feature_matrix(spec, temps, epoch if spec.calendar else None, {"rh": rh} if spec.covariates else None)
     estimator = Ridge(alpha=1.0 + seed).fit(X, target)
-    with mlflow.start_run(experiment_id=experiment_id):
-        info = log_forecaster(estimator, spec, X[:2])
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        logged_to = MlflowRun.existing(mlflow.get_tracking_uri(), run.info.run_id)
+        info = log_forecaster(logged_to, estimator, spec, X[:2])
     version = mlflow.register_model(info.model_uri, MODEL).version
     return TemplateVersion(str(version), spec, estimator)
 

@@ -266,6 +266,7 @@ def family_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
 
     from mlops_assets.atmos.families import build_forecaster
     from mlops_assets.atmos.model_io import log_forecaster
+    from mlops_assets.resources.mlflow_run import MlflowRun
 
     root = tmp_path_factory.mktemp("families")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -279,8 +280,9 @@ def family_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
             estimator, spec = build_forecaster({"family": family, **SMALL}, ("rh",))
             X = feature_matrix(spec, temps, epoch, {"rh": rh} if spec.covariates else None)
             estimator.fit(X, target)
-            with mlflow.start_run(experiment_id=experiment):
-                info = log_forecaster(estimator, spec, X[:2])
+            with mlflow.start_run(experiment_id=experiment) as run:
+                logged_to = MlflowRun.existing(mlflow.get_tracking_uri(), run.info.run_id)
+                info = log_forecaster(logged_to, estimator, spec, X[:2])
             version = str(mlflow.register_model(info.model_uri, MODEL).version)
             versions[family] = (version, estimator, spec)
     mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
