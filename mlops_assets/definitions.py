@@ -18,9 +18,9 @@ from mlops_assets.atmos.schedules import (
 )
 from mlops_assets.automation import automation_sensor
 from mlops_assets.digits.assets import digit_images, digits_champion_model, digits_tuned_model
-from mlops_assets.digits.checks import digits_tuned_model_beats_baselines
+from mlops_assets.digits.checks import digits_champion_serves, digits_tuned_model_beats_baselines
 from mlops_assets.insurance.assets import insurance_champion_model, insurance_policies, insurance_tuned_model
-from mlops_assets.insurance.checks import insurance_tuned_model_beats_baseline
+from mlops_assets.insurance.checks import insurance_champion_serves, insurance_tuned_model_beats_baseline
 from mlops_assets.monitoring.assets import atmos_forecast_accuracy
 from mlops_assets.monitoring.checks import atmos_served_inputs_drift
 from mlops_assets.monitoring.sensors import (
@@ -58,7 +58,9 @@ def defs() -> dg.Definitions:
             atmos_champion_serves,
             atmos_served_inputs_drift,
             insurance_tuned_model_beats_baseline,
+            insurance_champion_serves,
             digits_tuned_model_beats_baselines,
+            digits_champion_serves,
         ],
         jobs=[atmos_ingestion_job, atmos_training_job],
         sensors=[automation_sensor, champion_alias_sensor, input_files_sensor, champion_degradation_sensor, alert_on_run_failure],

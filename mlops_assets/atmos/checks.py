@@ -1,7 +1,8 @@
 """Asset checks of the atmos pipeline: on the cleaned series and around promotion.
 
 On the features, blocking checks guard training and WARN ones inform; on the models, a challenger
-that is not better than naive never reaches the registry, and the champion alias must forecast.
+that is not better than naive never reaches the registry, and the champion alias must forecast
+as well as promotion recorded (promotion/checks.py).
 """
 
 import math
@@ -14,7 +15,7 @@ from mlops_assets.atmos import quality
 from mlops_assets.atmos.assets import atmos_champion_model, atmos_features, atmos_tuned_model, forecaster_test_mae, load_training_windows
 from mlops_assets.atmos.source import ObservationSource
 from mlops_assets.constants import ATMOS_MODEL_NAME
-from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.promotion.checks import champion_serves_check
 from mlops_assets.resources.warehouse import WarehouseResource
 from mlops_assets.tuning.tuned_model import TunedModel
 
@@ -99,15 +100,17 @@ def atmos_tuned_model_beats_baselines(atmos_tuned_model: TunedModel) -> dg.Asset
     )
 
 
-@dg.asset_check(asset=atmos_champion_model, description="the champion alias resolves to a version that forecasts")
-def atmos_champion_serves(
-    registry: MlflowRegistry, source: ObservationSource, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
-    champion = registry.champion(ATMOS_MODEL_NAME)
-    if champion is None:
-        return dg.AssetCheckResult(passed=False, metadata={"problem": "no version carries the champion alias"})
-    try:
-        score = forecaster_test_mae(registry, f"models:/{ATMOS_MODEL_NAME}/{champion.version}", load_training_windows(source, warehouse))
-    except dg.Failure as failure:  # the check's verdict, not a crash of the check
-        return dg.AssetCheckResult(passed=False, metadata={"champion_version": int(champion.version), "problem": failure.description or ""})
-    return dg.AssetCheckResult(passed=True, metadata={"champion_version": int(champion.version), "test_mae": round(score, 4)})
+def _champion_test_mae(context: dg.AssetCheckExecutionContext, model_uri: str) -> float:
+    """The champion step's scoring, on the windows it rebuilds from the warehouse."""
+    resources = context.resources
+    return forecaster_test_mae(resources.registry, model_uri, load_training_windows(resources.source, resources.warehouse))
+
+
+atmos_champion_serves = champion_serves_check(
+    name="atmos_champion_serves",
+    asset=atmos_champion_model,
+    model_name=ATMOS_MODEL_NAME,
+    metric="test_mae",
+    score_on_holdout=_champion_test_mae,
+    required_resource_keys={"source", "warehouse"},
+)
