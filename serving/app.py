@@ -7,6 +7,12 @@ Routes: `PUT|POST /predict/<model>` for each configured model module, `GET /heal
 Any ASGI server can run it as a factory, e.g. `uvicorn --factory serving.app:create_app` or
 `granian --interface asgi --factory serving.app:create_app`; `serving.server.run` is the tuned
 multi-worker entry point.
+
+`create_app` sets no process-wide MLflow state and writes no environment variable: every MLflow
+call names `settings.mlflow_tracking_uri` (`serving.cache.MlflowResolver`). MLflow's HTTP timeout and
+retries exist only as environment variables, so the entry point (`serving.server.run`) bounds
+them before the workers start; another server should set MLFLOW_HTTP_REQUEST_TIMEOUT and
+MLFLOW_HTTP_REQUEST_MAX_RETRIES itself.
 """
 
 from __future__ import annotations
@@ -17,22 +23,21 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import re
 import uuid
-from dataclasses import dataclass
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, route
 from litestar.connection import ASGIConnection
+from litestar.datastructures import State
 from litestar.enums import HttpMethod, MediaType
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.datastructures import State
 from litestar.openapi.spec import Components, Example, OpenAPIMediaType, Operation, RequestBody, SecurityScheme
 
 from serving.batching import Batcher, BatchSettings
@@ -43,9 +48,6 @@ from serving.models import ModelModule, get_module
 from serving.prediction_log import REQUEST_ID_HEADER, PredictionLog, served_record
 from serving.settings import ServingSettings
 
-#: Bounded so a slow or down HTTP registry cannot stall a poll for minutes (MLflow's default
-#: retries back off for ~2 min); the poller retries every SERVING_POLL_SECONDS anyway.
-_MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _BEARER = "BearerToken"
 _AT_PATH = re.compile(r"^(?P<msg>.*) - at `(?P<path>[^`]*)`$", re.DOTALL)
 _MISSING_FIELD = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
@@ -77,11 +79,11 @@ class Readiness(msgspec.Struct):
 def create_app(settings: ServingSettings | None = None) -> Litestar:
     """Build the service; reads the environment (once) only when `settings` is None."""
     settings = ServingSettings.from_env() if settings is None else settings
-    for key, value in _MLFLOW_CLIENT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     modules = [get_module(name) for name in settings.models]
     metrics = ServingMetrics()
-    prediction_log = PredictionLog(settings.warehouse_url, registry=metrics.registry) if settings.prediction_log else None
+    prediction_log = (
+        PredictionLog(settings.warehouse_url, registry=metrics.registry) if settings.prediction_log else None
+    )
     resolver = MlflowResolver(settings.mlflow_tracking_uri)
     cache = ModelCache(
         {m.name: ModelSlot(m, settings.alias, resolver, metrics) for m in modules}, settings.poll_seconds
@@ -103,10 +105,6 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        # Loading (`mlflow.sklearn.load_model`) reads the process-wide URI, not our client's.
-        import mlflow
-
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if prediction_log is not None:
@@ -119,7 +117,9 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
             metrics.close()
 
     components = Components()
-    predict_handlers = [_predict_handler(m, cache.slots[m.name], batchers[m.name], settings, prediction_log) for m in modules]
+    predict_handlers = [
+        _predict_handler(m, cache.slots[m.name], batchers[m.name], settings, prediction_log) for m in modules
+    ]
     if settings.api_token is not None:
         components.security_schemes = {
             _BEARER: SecurityScheme(type="http", scheme="bearer", description="SERVING_API_TOKEN")
@@ -169,9 +169,13 @@ def _predict_handler(
         output = await submit(loaded, build_input(loaded.artifact, payload))  # micro-batched
         answer = shape_response(output, loaded.ref, payload) if uses_request else shape_response(output, loaded.ref)
         request_id = uuid.uuid4().hex
-        if prediction_log is not None and (record := served_record(module.name, request_id, payload, answer, received_at)):
+        if prediction_log is not None and (
+            record := served_record(module.name, request_id, payload, answer, received_at)
+        ):
             prediction_log.enqueue(record)  # never blocks, never raises; drops are counted
-        return Response(encode(answer), status_code=200, media_type=MediaType.JSON, headers={REQUEST_ID_HEADER: request_id})
+        return Response(
+            encode(answer), status_code=200, media_type=MediaType.JSON, headers={REQUEST_ID_HEADER: request_id}
+        )
 
     # Annotations drive Litestar's docs; the body is decoded by hand (strict msgspec, our errors).
     handler.__annotations__ = {"request": Request, "return": Response[module.response_type]}  # type: ignore[misc]

@@ -7,6 +7,9 @@ immutable `LoadedModel`, so a request that already read `current` finishes on it
 new requests get the new one. The request path reads `current` and never talks to MLflow, except
 while nothing is loaded yet: then concurrent requests share one in-flight load (single flight).
 A registry that cannot be reached is logged and counted, and the loaded version keeps serving.
+
+Every MLflow call names the tracking URI it goes to (`MlflowResolver`): the service sets no
+process-wide MLflow state, so two apps in one process (or a test) never see each other's registry.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from mlops_assets.registry_errors import is_missing_alias
 from serving.errors import ModelUnavailable
 from serving.metrics import ServingMetrics
 from serving.models import ModelModule, ModelRef
@@ -28,7 +34,6 @@ log = logging.getLogger(__name__)
 #: While nothing is loaded, a request retries the registry itself at most this often; the rest
 #: get the last failure as their 503 at once instead of queueing behind a dead registry.
 FIRST_LOAD_RETRY_SECONDS = 1.0
-_NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
 #: Slot states that let `/ready` answer 200 (given at least one model is loaded).
 _SETTLED = frozenset({"loaded", "no_champion"})
 
@@ -41,37 +46,57 @@ class AliasResolver(Protocol):
     def resolve(self, name: str, alias: str) -> str:
         """The version `alias` points at; `AliasNotFound` if none, any other exception if unreachable."""
 
+    def download(self, name: str, version: str, into: Path) -> Path:
+        """Copy the version's MLflow model into the empty directory `into`; returns the model's directory."""
+
     def describe(self) -> str:
         """Where the registry is, for messages."""
 
 
 class MlflowResolver:
-    """Alias resolution through `MlflowClient`, created once (in the poller's thread, lazily)."""
+    """The registry at one tracking URI, through `MlflowClient`s that name it (no global MLflow state)."""
 
-    def __init__(self, tracking_uri: str | None) -> None:
+    def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
         self._client: Any = None
 
-    def resolve(self, name: str, alias: str) -> str:
-        from mlflow.exceptions import MlflowException
+    def client(self) -> Any:
+        """One client, created lazily (in the poller's thread: importing MLflow takes a second)."""
         from mlflow.tracking import MlflowClient
 
         if self._client is None:
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
+
+    def resolve(self, name: str, alias: str) -> str:
         try:
-            version = self._client.get_model_version_by_alias(name, alias)
-        except MlflowException as exc:
-            # Unknown model: RESOURCE_DOES_NOT_EXIST; known model, unknown alias: the stores say
-            # INVALID_PARAMETER_VALUE ("Registered model alias champion not found.").
-            if exc.error_code in _NOT_FOUND_CODES:
-                raise AliasNotFound(exc.message) from exc
+            version = self.client().get_model_version_by_alias(name, alias)
+        except Exception as exc:
+            if is_missing_alias(exc):
+                raise AliasNotFound(str(exc)) from exc
             raise
         return str(version.version)
 
-    def describe(self) -> str:
-        import mlflow
+    def download(self, name: str, version: str, into: Path) -> Path:
+        """The version's artifacts, fetched from where the registry says they are stored.
 
-        return self.tracking_uri or mlflow.get_tracking_uri()
+        Not `models:/<name>/<version>`: MLflow resolves that URI through the process-wide registry
+        URI, whatever `tracking_uri` a call passes.
+        """
+        import mlflow.artifacts
+
+        source = self.client().get_model_version_download_uri(name, version)
+        if source.startswith("models:/"):
+            raise ValueError(
+                f"models:/{name}/{version} has no artifact location in the registry, only the source {source!r}"
+            )
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(into), tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+        )
+        return Path(local)
+
+    def describe(self) -> str:
+        return self.tracking_uri
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +234,11 @@ class ModelSlot:
         metrics.registry_polls.labels(name, "changed").inc()
         await self._load(version, current)
 
+    def _download_and_load(self, version: str) -> Any:
+        """The module's artifact, read from a private copy of the version's files (deleted after)."""
+        with tempfile.TemporaryDirectory(prefix=f"serving-{self.name}-v{version}-") as directory:
+            return self.module.load(str(self.resolver.download(self.name, version, Path(directory))))
+
     def _registry_reachable(self) -> None:
         if self.registry_error is not None:
             log.info("registry reachable again for %s@%s", self.name, self.alias)
@@ -221,7 +251,7 @@ class ModelSlot:
         started = time.perf_counter()
         self.loads += 1
         try:
-            artifact = await asyncio.to_thread(self.module.load, uri)
+            artifact = await asyncio.to_thread(self._download_and_load, version)
         except Exception as exc:  # a version that cannot be loaded is reported, never swapped in
             keeping = "nothing served yet" if previous is None else f"still serving version {previous.version}"
             log.error("loading %s failed; %s", uri, keeping, exc_info=exc)

@@ -23,9 +23,14 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from serving.settings import PROMETHEUS_MULTIPROC_ENV, ServingSettings, default_workers
 
@@ -56,15 +61,48 @@ def serve_from_arguments(args: argparse.Namespace) -> None:
     run(settings.host, settings.port, args.workers)
 
 
+def settings_error_lines(error: ValidationError, settings_class: type[BaseSettings]) -> list[str]:
+    """`<VARIABLE>: <reason>` per problem in `settings_class`'s validation error, for a person at a shell.
+
+    A problem with no single field (a rule across fields) is its reason alone, which names the
+    variables. The offending value is shown unless the field hides it (`repr=False`: URLs, tokens).
+    """
+    by_key = dict(settings_class.model_fields)
+    by_key.update(
+        {
+            field.validation_alias: field
+            for field in settings_class.model_fields.values()
+            if isinstance(field.validation_alias, str)
+        }
+    )
+    lines = []
+    for problem in error.errors(include_url=False):
+        given_by_validator = problem["type"] == "value_error" and "error" in problem.get("ctx", {})
+        reason = str(problem["ctx"]["error"]) if given_by_validator else problem["msg"]
+        if not problem["loc"]:
+            lines.append(reason)
+            continue
+        key = str(problem["loc"][0])
+        field = by_key.get(key)
+        variable = field.validation_alias if field is not None and isinstance(field.validation_alias, str) else key
+        if not given_by_validator and field is not None and field.repr:
+            reason = f"{reason} (got {problem['input']!r})"
+        lines.append(f"{variable}: {reason}")
+    return lines
+
+
+def report_settings_error(error: ValidationError, settings_class: type[BaseSettings]) -> int:
+    """Print `error: <VARIABLE>: <reason>` lines to stderr instead of a traceback; the exit code (2)."""
+    for line in settings_error_lines(error, settings_class):
+        print(f"error: {line}", file=sys.stderr)
+    return 2
+
+
 def run(host: str, port: int, workers: int) -> None:
     """Serve until SIGTERM/SIGINT; blocks. uvicorn restarts a worker that dies."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    # The entry point's own environment, inherited by the workers (before they import NumPy or MLflow).
-    for variable in _THREAD_VARIABLES:
-        os.environ.setdefault(variable, "1")
-    for variable, value in MLFLOW_CLIENT_DEFAULTS.items():
-        os.environ.setdefault(variable, value)
+    entry_point_environment(os.environ)  # inherited by the workers before they import NumPy or MLflow
     own_metrics_dir = _prepare_metrics_dir() if workers > 1 else None
 
     import uvicorn
@@ -92,6 +130,18 @@ def run(host: str, port: int, workers: int) -> None:
         sock.close()
         if own_metrics_dir is not None:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+def entry_point_environment(environ: MutableMapping[str, str]) -> None:
+    """The variables the entry point sets for itself and its workers; a value already set wins.
+
+    Here and not in `create_app`: an app built in-process (tests, another server) must leave the
+    process environment as it found it.
+    """
+    for variable in _THREAD_VARIABLES:
+        environ.setdefault(variable, "1")
+    for variable, value in MLFLOW_CLIENT_DEFAULTS.items():
+        environ.setdefault(variable, value)
 
 
 def tcp_socket(host: str, port: int) -> socket.socket:

@@ -23,7 +23,14 @@ import pytest
 from litestar import Litestar
 
 from mlops_assets.atmos.forecast_features import FeatureSpec, feature_matrix
-from mlops_assets_tests.serving.support import MODEL, Store, Template, TemplateVersion, synthetic_windows
+from mlops_assets_tests.serving.support import (
+    MODEL,
+    Store,
+    Template,
+    TemplateVersion,
+    fluent_mlflow_at,
+    synthetic_windows,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,7 +49,7 @@ def _mlflow_env() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _forget_tracking_uri() -> Iterator[None]:
-    """The app sets MLflow's process-wide URI (and MLFLOW_TRACKING_URI) at startup: undo it per test."""
+    """Tests that log models set MLflow's process-wide URI (and MLFLOW_TRACKING_URI): undo it per test."""
     yield
     import mlflow
 
@@ -94,16 +101,20 @@ def template(tmp_path_factory: pytest.TempPathFactory, _mlflow_env: None) -> Tem
     with pytest.MonkeyPatch.context() as mp:
         # Inferring pip requirements spawns an interpreter per model (~4 s); serving never reads them.
         mp.setattr(mlflow.models, "infer_pip_requirements", lambda *a, fallback=None, **k: list(fallback or []))
-        mlflow.set_tracking_uri(uri)
-        experiment_id = mlflow.create_experiment("serving-tests", artifact_location=str(root / "artifacts"))
-        versions = {}
-        for spec, seed in ((FeatureSpec(), 1), (FeatureSpec(calendar=True, covariates=("rh",)), 2), (FeatureSpec(), 3)):
-            v = _register(spec, seed, experiment_id)
-            versions[v.version] = v
-        broken = _register_broken(experiment_id)
-        versions[broken.version] = broken
-        calendar_only = _register(FeatureSpec(calendar=True), 5, experiment_id)
-        versions[calendar_only.version] = calendar_only
+        with fluent_mlflow_at(uri):
+            experiment_id = mlflow.create_experiment("serving-tests", artifact_location=str(root / "artifacts"))
+            versions = {}
+            for spec, seed in (
+                (FeatureSpec(), 1),
+                (FeatureSpec(calendar=True, covariates=("rh",)), 2),
+                (FeatureSpec(), 3),
+            ):
+                v = _register(spec, seed, experiment_id)
+                versions[v.version] = v
+            broken = _register_broken(experiment_id)
+            versions[broken.version] = broken
+            calendar_only = _register(FeatureSpec(calendar=True), 5, experiment_id)
+            versions[calendar_only.version] = calendar_only
     assert sorted(versions) == ["1", "2", "3", "4", "5"], versions
     return Template(db=db, versions=versions)
 

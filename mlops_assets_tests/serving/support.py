@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec
 
@@ -100,3 +106,73 @@ async def in_loop_client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://serving.test") as client:
             yield client
+
+
+@contextlib.contextmanager
+def fluent_mlflow_at(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (start_run, log_model, register_model) on `uri` for one block, then unset.
+
+    Both URIs, and their variables restored afterwards: a pipeline step run earlier in the session
+    (`MlflowRegistry.activate`) may have left a process-wide registry URI (and MLFLOW_REGISTRY_URI)
+    behind, and `register_model` would follow it into that step's store.
+    """
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("MLFLOW_TRACKING_URI", uri)  # set_*_uri write these too; restored on exit
+        environment.setenv("MLFLOW_REGISTRY_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+            mlflow.set_registry_uri(None)  # type: ignore[arg-type]
+
+
+def start_mlflow_server(db: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A real `mlflow server` on the SQLite store `db`, serving on 127.0.0.1:`port` (job runner off)."""
+    env = dict(os.environ)
+    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # it execs uvicorn
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("mlflow")),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{db}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 90
+    while True:
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
+def stop_mlflow_server(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the group we started (the CLI and its uvicorn child), SIGKILL if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)

@@ -7,6 +7,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,6 +32,7 @@ class CountingResolver:
         self.version, self.error, self.delay = version, error, delay
         self.calls = 0
         self.threads: set[str] = set()
+        self.downloads: list[tuple[str, str]] = []
 
     def resolve(self, name: str, alias: str) -> str:
         self.calls += 1
@@ -41,6 +43,12 @@ class CountingResolver:
         if self.version is None:
             raise AliasNotFound("Registered model alias champion not found.")
         return self.version
+
+    def download(self, name: str, version: str, into: Path) -> Path:
+        self.downloads.append((name, version))
+        model_dir = into / f"{name}-{version}"
+        model_dir.mkdir()
+        return model_dir
 
     def describe(self) -> str:
         return "test://registry"
@@ -53,8 +61,8 @@ def counting_module(load_delay: float = 0.0) -> tuple[Any, list[str]]:
     module = get_module(MODEL)
     calls: list[str] = []
 
-    def load(uri: str) -> Forecaster:
-        calls.append(uri)
+    def load(model_dir: str) -> Forecaster:
+        calls.append(model_dir)
         time.sleep(load_delay)
         return Forecaster(estimator=None, spec=None, predict=lambda rows: rows[:, :24], predict_path="test")  # type: ignore[arg-type]
 
@@ -76,7 +84,9 @@ async def test_concurrent_first_requests_trigger_one_load_off_the_event_loop() -
     task = asyncio.create_task(ticker())
     got = await asyncio.gather(*(slot.get() for _ in range(50)))
     task.cancel()
-    assert loads == [f"models:/{MODEL}/1"] and resolver.calls == 1
+    assert resolver.calls == 1 and resolver.downloads == [(MODEL, "1")]
+    assert len(loads) == 1 and Path(loads[0]).name == f"{MODEL}-1"
+    assert not Path(loads[0]).exists(), "the downloaded copy outlived the load"
     assert {g.version for g in got} == {"1"} and len({id(g) for g in got}) == 1
     assert ticks > 20, "the event loop was blocked during the load"
     assert "MainThread" not in resolver.threads
@@ -92,7 +102,7 @@ async def test_no_registry_fails_fast_and_retries_at_most_once_a_second() -> Non
     assert "connection refused" in str(results[0])
     with pytest.raises(ModelUnavailable):
         await slot.get()  # within the retry interval: answered from the last failure
-    assert resolver.calls == 1 and loads == []
+    assert resolver.calls == 1 and loads == [] and resolver.downloads == []
 
 
 async def test_concurrent_first_http_requests_share_one_load(store: Store, make_app: Callable[..., Litestar]) -> None:
@@ -102,16 +112,17 @@ async def test_concurrent_first_http_requests_share_one_load(store: Store, make_
     calls: list[str] = []
     real_load = slot.module.load
 
-    def slow_load(uri: str) -> Any:
-        calls.append(uri)
+    def slow_load(model_dir: str) -> Any:
+        calls.append(model_dir)
+        assert (Path(model_dir) / "MLmodel").is_file(), list(Path(model_dir).iterdir())  # the version's files
         time.sleep(0.5)  # a window wide enough for every request to arrive during the load
-        return real_load(uri)
+        return real_load(model_dir)
 
     slot.module = dataclasses.replace(slot.module, load=slow_load)
     async with in_loop_client(app) as client:
         responses = await asyncio.gather(*(client.put(PATH, json=series(i)) for i in range(30)))
         assert [r.status_code for r in responses] == [200] * 30
-        assert calls == [f"models:/{MODEL}/1"]
+        assert len(calls) == 1
         metrics = (await client.get("/metrics")).text
         assert f'serving_model_loads_total{{model="{MODEL}",outcome="ok"}} 1.0' in metrics
 

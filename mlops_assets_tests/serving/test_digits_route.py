@@ -6,6 +6,7 @@ import base64
 import struct
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from sklearn.datasets import load_digits
 from mlops_assets.digits.dataset import LabelledDigits, split_digits, validate_digits
 from mlops_assets.digits.families import KNOWN_GOOD, SKOPS_TRUSTED_TYPES, DigitClassifier, build_classifier
 from mlops_assets.digits.png import digit_to_png
-from mlops_assets_tests.serving.support import wait_ready
+from mlops_assets_tests.serving.support import fluent_mlflow_at, wait_ready
 
 pytestmark = pytest.mark.anyio
 PATH = "/predict/digits"
@@ -42,12 +43,12 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, DigitClas
     uri = f"sqlite:///{tmp_path_factory.mktemp('digits-serving') / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(mlflow.models, "infer_pip_requirements", lambda *a, fallback=None, **k: list(fallback or []))
-        mlflow.set_tracking_uri(uri)
-        with mlflow.start_run():
+        with fluent_mlflow_at(uri), mlflow.start_run():
             info = mlflow.sklearn.log_model(model, name="model", skops_trusted_types=SKOPS_TRUSTED_TYPES)
-        version = mlflow.register_model(info.model_uri, "digit_classifier")
-        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
-    mlflow.MlflowClient(uri).set_registered_model_alias("digit_classifier", "champion", version.version)
+            version = mlflow.register_model(info.model_uri, "digit_classifier")
+    mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(
+        "digit_classifier", "champion", version.version
+    )
     return uri, model
 
 
@@ -207,22 +208,14 @@ def test_decode_body_takes_png_bodies_and_refuses_other_media() -> None:
         build_input(DigitModel(classifier=None), decode_body(b"GIF89a", "image/png"))
 
 
-def test_loading_refuses_a_model_without_its_neighbour_index(tmp_path: Any) -> None:
-    import mlflow
-    import mlflow.models
+def test_loading_refuses_a_model_without_its_neighbour_index(tmp_path: Path) -> None:
+    import mlflow.sklearn
     from sklearn.svm import SVC
 
     from serving.models.digit_classifier import load
 
     bunch = load_digits()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mlflow.models, "infer_pip_requirements", lambda *a, fallback=None, **k: list(fallback or []))
-        mlflow.set_tracking_uri(uri)
-        try:
-            with mlflow.start_run():
-                info = mlflow.sklearn.log_model(SVC().fit(bunch.data[:200], bunch.target[:200]), name="model")
-            with pytest.raises(ValueError, match="expected a DigitClassifier, got SVC"):
-                load(info.model_uri)
-        finally:
-            mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    model_dir = tmp_path / "model"  # a version's files, as the cache hands them to `load`
+    mlflow.sklearn.save_model(SVC().fit(bunch.data[:200], bunch.target[:200]), str(model_dir))
+    with pytest.raises(ValueError, match="expected a DigitClassifier, got SVC"):
+        load(str(model_dir))

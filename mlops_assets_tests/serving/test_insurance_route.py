@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from mlops_assets.insurance.dataset import validate_policies
 from mlops_assets.insurance.families import FEATURES, SKOPS_TRUSTED_TYPES, build_insurance_model, split_policies
-from mlops_assets_tests.serving.support import wait_ready
+from mlops_assets_tests.serving.support import fluent_mlflow_at, wait_ready
 
 pytestmark = pytest.mark.anyio
 PUBLIC_DATASET = Path(__file__).resolve().parents[3] / "shared" / "data" / "insurance.csv"
@@ -38,11 +38,12 @@ def registered(
     with pytest.MonkeyPatch.context() as patch:
         # Inferring pip requirements spawns an interpreter per model (~4 s); serving never reads them.
         patch.setattr(mlflow.models, "infer_pip_requirements", lambda *a, fallback=None, **k: list(fallback or []))
-        mlflow.set_tracking_uri(uri)
-        with mlflow.start_run():
+        with fluent_mlflow_at(uri), mlflow.start_run():
             info = mlflow.sklearn.log_model(pipeline, name="model", skops_trusted_types=SKOPS_TRUSTED_TYPES)
-        version = mlflow.register_model(info.model_uri, "insurance_charges")
-    mlflow.MlflowClient(uri).set_registered_model_alias("insurance_charges", "champion", version.version)
+            version = mlflow.register_model(info.model_uri, "insurance_charges")
+    mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(
+        "insurance_charges", "champion", version.version
+    )
     return uri, pipeline
 
 

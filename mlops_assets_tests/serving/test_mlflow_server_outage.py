@@ -2,68 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 from litestar import Litestar
 
-from mlops_assets_tests.serving.support import MODEL, PATH, Store, free_port, in_loop_client, series, wait_ready
+from mlops_assets_tests.serving.support import (
+    MODEL,
+    PATH,
+    Store,
+    free_port,
+    in_loop_client,
+    series,
+    start_mlflow_server,
+    stop_mlflow_server,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def start_mlflow_server(db: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # it execs uvicorn
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("mlflow")),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{db}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 90
-    while True:
-        assert process.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-
-
-def stop_mlflow_server(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the group we started (the CLI and its uvicorn child), SIGKILL if it lingers."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
 
 
 async def test_mlflow_server_down_then_back(store: Store, make_app: Callable[..., Litestar], tmp_path: Path) -> None:
