@@ -16,9 +16,10 @@ from pathlib import Path
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from pydantic import ValidationError
 
 from mlops_assets.constants import ATMOS_MODEL_NAME, DIGITS_MODEL_NAME, INSURANCE_MODEL_NAME
-from mlops_assets.settings import load_pipeline_settings
+from mlops_assets.settings import PipelineSettings, load_pipeline_settings
 
 CLI_JOB_NAME = "mlops_assets_cli"
 
@@ -62,7 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. A bad setting is `error: <VARIABLE>: <reason>` and 2, not a traceback."""
     args = build_parser().parse_args(argv)
+    try:
+        return _run_command(args)
+    except ValidationError as error:
+        from serving.server import report_settings_error
+        from serving.settings import ServingSettings
+
+        settings_class = {cls.__name__: cls for cls in (PipelineSettings, ServingSettings)}.get(error.title)
+        if settings_class is None:  # not the configuration: a bug, shown in full
+            raise
+        return report_settings_error(error, settings_class)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     if args.command == "materialize":
         return materialize(args.select, args.start, args.end)
     if args.command == "champion":

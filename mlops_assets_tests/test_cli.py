@@ -95,16 +95,45 @@ def test_the_production_instance_config_stores_runs_in_postgres(
 CLI = str(Path(sys.executable).parent / "mlops-assets")
 
 
-def _run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [CLI, *args],
         cwd=cwd,
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "reason"),
+    [
+        (["materialize"], "ATMOS_SOURCE", "bogus", "ATMOS_SOURCE='bogus' is not one of sample, csv, kma"),
+        (["champion"], "TUNING_NUM_SAMPLES", "-1", "Input should be greater than or equal to 0 (got '-1')"),
+        (["serve", "--workers", "1"], "SERVING_MAX_BATCH", "abc", "Input should be a valid integer"),
+        (["serve", "--workers", "1"], "SERVING_PREDICTION_LOG", "maybe", "must be 'on' or 'off', got 'maybe'"),
+    ],
+)
+def test_a_bad_setting_is_named_in_one_line_and_exits_2(
+    command: list[str], variable: str, value: str, reason: str, tmp_path: Path
+) -> None:
+    # A short timeout: a `serve` that missed the bad value would otherwise serve until killed.
+    result = _run_cli(*command, cwd=tmp_path, env={variable: value}, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {variable}: "), result.stderr[-3000:]
+    assert reason in errors[0], errors
+
+
+def test_a_rule_across_settings_is_reported_in_its_own_words(tmp_path: Path) -> None:
+    result = _run_cli("materialize", cwd=tmp_path, env={"ATMOS_SOURCE": "csv"}, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "error: ATMOS_SOURCE=csv needs ATMOS_CSV_PATH" in result.stderr, result.stderr[-3000:]
 
 
 def test_materialize_keeps_runs_events_and_checks_in_the_embedded_instance(tmp_path: Path) -> None:

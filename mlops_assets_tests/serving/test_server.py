@@ -238,3 +238,32 @@ async def test_only_an_ipproto_tcp_socket_gets_nodelay_on_asyncio(make: str, nod
         await reader.read()
         writer.close()
     assert bool(seen[0]) is nodelay
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        (
+            "SERVING_MAX_BATCH",
+            "abc",
+            "Input should be a valid integer, unable to parse string as an integer (got 'abc')",
+        ),
+        ("SERVING_PORT", "70000", "Input should be less than or equal to 65535 (got '70000')"),
+        ("SERVING_MODELS", "atmos_temperature,atmos_temperature", "SERVING_MODELS lists a model twice"),
+    ],
+)
+def test_python_m_serving_names_a_bad_setting_in_one_line_and_exits_2(variable: str, value: str, reason: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVING_")}
+    env[variable] = value
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--workers", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,  # a start that missed the bad value would serve until killed
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()  # that line and nothing else: no traceback, no log
+    assert len(lines) == 1 and lines[0].startswith(f"error: {variable}: {reason}"), result.stderr[-3000:]
