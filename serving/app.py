@@ -178,7 +178,7 @@ def _predict_handler(
         )
 
     # Annotations drive Litestar's docs; the body is decoded by hand (strict msgspec, our errors).
-    handler.__annotations__ = {"request": Request, "return": Response[module.response_type]}  # type: ignore[misc]
+    handler.__annotations__ = {"request": Request, "return": Response[module.response_type]}  # type: ignore[name-defined]
     handler.__name__ = handler.__qualname__ = f"predict_{module.name}"
 
     request_body = RequestBody(
@@ -214,7 +214,7 @@ def _predict_handler(
         ),
     }
     guards = []
-    security = None
+    security: list[dict[str, list[str]]] | None = None
     if settings.api_token is not None:
         guards.append(_bearer_guard(settings.api_token))
         errors[401] = ResponseSpec(ErrorBody, description="Missing or wrong `Authorization: Bearer <token>`.")
@@ -317,7 +317,7 @@ def _bearer_guard(token: str) -> Any:
         header = connection.headers.get("authorization")
         if header is None:
             raise Unauthorized("this endpoint needs the header `Authorization: Bearer <token>`")
-        scheme, _, given = header.partition(" ")
+        scheme, _space, given = header.partition(" ")
         digest = hashlib.sha256(given.strip().encode("utf-8", "surrogateescape")).digest()
         if not (hmac.compare_digest(digest, expected) and scheme.lower() == "bearer"):
             raise Unauthorized("invalid bearer token")

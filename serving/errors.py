@@ -14,6 +14,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) ->
 
 
 #: The single place exceptions become HTTP statuses (handed to `Litestar(exception_handlers=...)`).
-EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ServingError: serving_error_handler,
     HTTPException: http_exception_handler,
     Exception: unexpected_error_handler,
