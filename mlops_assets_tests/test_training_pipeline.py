@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,6 +125,14 @@ def test_search_promotes_then_refuses_an_equal_model_then_rolls_back(
     assert restored.tags["rolled_back_from"] == "2"
     assert main(["champion"]) == 0
     assert "atmos_temperature@champion = version 1" in capsys.readouterr().out
+
+    # The request example reads the champion's feature spec (only its MLmodel file) from the store.
+    warehouse = ingested["warehouse"]
+    assert isinstance(warehouse, WarehouseResource)
+    monkeypatch.setenv("WAREHOUSE_URL", warehouse.url)
+    assert main(["example-request"]) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert len(request["time_series"]) == 72 and all(isinstance(value, float) for value in request["time_series"])
 
 
 def test_an_unreachable_tracking_server_fails_the_run_and_promotes_nothing(
