@@ -101,7 +101,7 @@ def evaluate_champion(
 ) -> dg.AssetCheckResult:
     """The verdict, separate from the decorator: `score_serving_model()` loads the alias and scores it."""
 
-    def failed(problem: str, **metadata: object) -> dg.AssetCheckResult:
+    def failed(problem: str, **metadata: str | int | float | None) -> dg.AssetCheckResult:
         return dg.AssetCheckResult(
             passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata={"problem": problem, "metric": metric, **metadata}
         )
