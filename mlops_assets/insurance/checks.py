@@ -3,7 +3,12 @@
 import dagster as dg
 
 from mlops_assets.constants import INSURANCE_MODEL_NAME
-from mlops_assets.insurance.assets import insurance_champion_model, insurance_holdout, insurance_test_mae, insurance_tuned_model
+from mlops_assets.insurance.assets import (
+    insurance_champion_model,
+    insurance_holdout,
+    insurance_test_mae,
+    insurance_tuned_model,
+)
 from mlops_assets.promotion.checks import champion_serves_check
 from mlops_assets.tuning.tuned_model import TunedModel
 
