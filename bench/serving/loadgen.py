@@ -151,9 +151,23 @@ def _wrk(
 
 
 def _python(port: int, method: str, path: str, body: bytes, concurrency: int, seconds: float) -> LoadResult:
-    """One process, asyncio, raw HTTP/1.1 over keep-alive sockets; pinned to the last core."""
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+    """One process, asyncio, raw HTTP/1.1 over keep-alive sockets; pinned to the last core while it runs.
+
+    The pin is undone before returning: servers started later by the caller inherit its affinity, and
+    pinned they shared one core with the client (every server after the first ran ~2.4x slower).
+    """
+    pinned = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1
+    previous = os.sched_getaffinity(0) if pinned else set()
+    if pinned:
         os.sched_setaffinity(0, {(os.cpu_count() or 1) - 1})
+    try:
+        return _python_pinned(port, method, path, body, concurrency, seconds)
+    finally:
+        if pinned:
+            os.sched_setaffinity(0, previous)
+
+
+def _python_pinned(port: int, method: str, path: str, body: bytes, concurrency: int, seconds: float) -> LoadResult:
     request = (
         f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
