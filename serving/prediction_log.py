@@ -100,7 +100,9 @@ class PredictionLog:
         registry: CollectorRegistry | None = None,
         *,
         max_queue: int = 10_000,
-        batch_size: int = 500,
+        # Rows per insert. SQLite has one write lock per file: two workers at ~3,500 rows/s each in
+        # 500-row inserts waited on each other's lock until their queues overflowed (bench/README.md).
+        batch_size: int = 5_000,
         flush_seconds: float = 0.5,
         retry_seconds: float = 0.5,
         max_retry_seconds: float = 5.0,
