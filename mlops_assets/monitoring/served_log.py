@@ -194,12 +194,12 @@ def _sqlite_field(value: Any) -> Any:
 
 class ServedWriter:
     """Inserts `served_forecasts` rows with one driver call per batch: COPY FROM STDIN on PostgreSQL
-    (psycopg2), the driver's executemany on SQLite, SQLAlchemy's executemany elsewhere.
+    (psycopg2), one INSERT ... SELECT over a JSON array on SQLite, SQLAlchemy's executemany elsewhere.
 
     `encode` turns a record into what that call takes, wherever the caller likes (the service does it
-    on its event loop); `write` then runs no per-row Python, so the thread doing it does not hold the
-    GIL against the event loop for long (with per-row Python in the thread, SQLite logging put
-    hundreds of ms into the service's p99: bench/README.md).
+    on its event loop); `write` then runs no per-row Python and takes the GIL back once or twice per
+    batch, not once per row: behind a busy event loop each retake can wait the interpreter's 5 ms
+    switch interval, and per-row retakes made the writer fall behind (bench/README.md).
     """
 
     def __init__(self, engine: sa.Engine) -> None:
@@ -220,7 +220,7 @@ class ServedWriter:
         if self.kind == "copy":
             return "\t".join([_copy_field(row[name]) for name in _COLUMNS]) + "\n"
         if self.kind == "sqlite":
-            return tuple([_sqlite_field(row[name]) for name in _COLUMNS])
+            return _encode_json([_sqlite_field(row[name]) for name in _COLUMNS])
         return dict(row)
 
     def write(self, items: Sequence[Any]) -> None:
@@ -235,9 +235,14 @@ class ServedWriter:
             cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             try:
                 if self.kind == "copy":
-                    cursor.copy_expert(_COPY_SQL, io.StringIO("".join(items)))
+                    text = "".join(items)
+                    # One read, one send: psycopg2 takes the GIL back after every `size` chunk.
+                    cursor.copy_expert(_COPY_SQL, io.StringIO(text), size=len(text) + 1)
                 else:
-                    cursor.executemany(_SQLITE_INSERT, items)
+                    # One statement for the batch: sqlite3's executemany takes the GIL back after
+                    # every row, and behind a busy event loop each time costs up to the 5 ms switch
+                    # interval (two workers at ~4,000 rows/s fell behind and dropped rows).
+                    cursor.execute(_SQLITE_INSERT, (b"[" + b",".join(items) + b"]",))
             except self.engine.dialect.loaded_dbapi.IntegrityError as error:
                 raise sa.exc.IntegrityError(f"INSERT INTO {served_forecasts.name}", None, error) from error
             finally:
@@ -245,8 +250,11 @@ class ServedWriter:
 
 
 _COPY_SQL = f"COPY {served_forecasts.name} ({', '.join(_COLUMNS)}) FROM STDIN"
+#: The batch is one JSON array of rows (each an array in `_COLUMNS` order), unpacked by SQLite itself.
 _SQLITE_INSERT = (
-    f"INSERT INTO {served_forecasts.name} ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+    f"INSERT INTO {served_forecasts.name} ({', '.join(_COLUMNS)}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_COLUMNS)))
+    + " FROM json_each(CAST(? AS TEXT))"
 )
 
 
