@@ -82,12 +82,16 @@ class MlflowRegistry(dg.ConfigurableResource):
             client.get_registered_model(model_name)
         except MlflowException:
             client.create_registered_model(model_name, description="Promoted by mlops-assets; serve alias 'champion'.")
+        model_id = model_uri.removeprefix("models:/")
+        # The logged model's own artifact location, not `models:/<id>`: for that form MLflow's store
+        # looks the model up through the process-wide tracking URI (a TODO in mlflow's
+        # SqlAlchemyStore.create_model_version), i.e. whatever store some earlier code activated.
         version = client.create_model_version(
             model_name,
-            model_uri,
+            client.get_logged_model(model_id).artifact_location,
             run_id=run_id,
             tags={k: str(v) for k, v in tags.items()},
-            model_id=model_uri.removeprefix("models:/"),
+            model_id=model_id,
         )
         return version
 
