@@ -63,7 +63,13 @@ def defs() -> dg.Definitions:
             digits_champion_serves,
         ],
         jobs=[atmos_ingestion_job, atmos_training_job],
-        sensors=[automation_sensor, champion_alias_sensor, input_files_sensor, champion_degradation_sensor, alert_on_run_failure],
+        sensors=[
+            automation_sensor,
+            champion_alias_sensor,
+            input_files_sensor,
+            champion_degradation_sensor,
+            alert_on_run_failure,
+        ],
         schedules=[build_ingestion_schedule(running=settings.atmos_source == "kma"), atmos_weekly_retraining_schedule],
         resources=build_resources(settings),
     )

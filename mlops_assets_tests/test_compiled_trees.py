@@ -85,7 +85,9 @@ def test_both_tree_walks_agree(fitted_families: dict, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("decide_all_limit", [10**9, 0], ids=["decide-all", "level-by-level"])
-def test_missing_values_follow_each_split_learned_direction(decide_all_limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_values_follow_each_split_learned_direction(
+    decide_all_limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """NaN in training teaches splits a side; NaN in a feature never missing in training too."""
     monkeypatch.setattr(compiled_trees, "_DECIDE_ALL_LIMIT", decide_all_limit)
     rng = np.random.default_rng(3)
@@ -120,8 +122,8 @@ def test_log_link_and_multi_output_boosters() -> None:
 
 @pytest.mark.parametrize("family", ["gbm", "linear"])
 def test_the_insurance_pipeline_compiles_whole_and_as_the_served_step(family: str, policies: pd.DataFrame) -> None:
-    from serving.models.insurance_charges import ChargeModel, InsuranceRequest, build_input, predict
     from serving.models._sklearn import predictor
+    from serving.models.insurance_charges import ChargeModel, InsuranceRequest, build_input, predict
 
     split = split_policies(policies)
     pipeline = build_insurance_model({"family": family}).fit(split.train[list(FEATURES)], split.train["charges"])
@@ -136,7 +138,9 @@ def test_the_insurance_pipeline_compiles_whole_and_as_the_served_step(family: st
     call, path = predictor(pipeline.named_steps["model"], encoder.width)
     assert path == "compiled"
     model = ChargeModel(pipeline, encoder, pipeline.named_steps["model"], call=call, call_path=path)
-    served = np.array([predict(model, build_input(model, InsuranceRequest(**row)))[0] for row in test.to_dict(orient="records")])
+    served = np.array(
+        [predict(model, build_input(model, InsuranceRequest(**row)))[0] for row in test.to_dict(orient="records")]
+    )
     assert np.abs(served - pipeline.predict(test)).max() <= TOLERANCE
 
 
@@ -148,7 +152,11 @@ def test_a_model_loaded_through_mlflow_skops_compiles(
     model, X = fitted_families["ridge_boost", "level"]
     path = tmp_path / "model"
     mlflow.sklearn.save_model(
-        model, str(path), serialization_format="skops", skops_trusted_types=SKOPS_TRUSTED_TYPES, pip_requirements=["scikit-learn"]
+        model,
+        str(path),
+        serialization_format="skops",
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        pip_requirements=["scikit-learn"],
     )
     loaded = mlflow.sklearn.load_model(str(path))
     np.testing.assert_array_equal(compile_or_raise(loaded)(X), model.predict(X))

@@ -10,15 +10,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import mlflow
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from mlops_assets.digits.assets import digit_images
-from mlops_assets.digits.dataset import DigitsDataError, LabelledDigits, read_npz, split_digits, validate_digits, validation_split
-from mlops_assets.digits.families import KNOWN_GOOD, SKOPS_TRUSTED_TYPES, DigitClassifier, baselines, build_classifier, error_rate
+from mlops_assets.digits.dataset import (
+    DigitsDataError,
+    LabelledDigits,
+    read_npz,
+    split_digits,
+    validate_digits,
+    validation_split,
+)
+from mlops_assets.digits.families import (
+    KNOWN_GOOD,
+    SKOPS_TRUSTED_TYPES,
+    DigitClassifier,
+    baselines,
+    build_classifier,
+    error_rate,
+)
 from mlops_assets.digits.png import ImageError, digit_to_png, png_size, png_to_digit, to_dataset_form
 from mlops_assets.digits.source import BundledDigitsSource, NpzDigitsSource
 from mlops_assets.digits.table import read_digit_images
@@ -55,17 +68,39 @@ def _good(n_per_class: int = 3) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda i, l: (i[:, :7, :], l), "images must have shape (n, 8, 8) or (n, 64), got (30, 7, 8)"),
-        (lambda i, l: (np.where(np.arange(64).reshape(8, 8) == 9, np.nan, i), l), "30 images contain NaN or infinite pixels, e.g. image 0"),
-        (lambda i, l: (i * 2 + 1, l), "pixels must be in 0..16"),
-        (lambda i, l: (-i - 1, l), "pixels must be in 0..16"),
-        (lambda i, l: (i, np.where(l == 9, 10, l)), "labels must be the integers 0..9; 3 are not, e.g. label 10"),
-        (lambda i, l: (i, l.astype(float) + 0.5), "labels must be the integers 0..9"),
-        (lambda i, l: (i, l[:-1]), "labels must be one per image (30)"),
-        (lambda i, l: (i[l != 4][:-2], np.r_[l[l != 4][:-2]]), "at least 2 images; too few of {4: 0, 9: 1}"),
-        (lambda i, l: (np.array([["a"] * 64] * 30), l), "images are not numeric"),
+        (
+            lambda images, labels: (images[:, :7, :], labels),
+            "images must have shape (n, 8, 8) or (n, 64), got (30, 7, 8)",
+        ),
+        (
+            lambda images, labels: (np.where(np.arange(64).reshape(8, 8) == 9, np.nan, images), labels),
+            "30 images contain NaN or infinite pixels, e.g. image 0",
+        ),
+        (lambda images, labels: (images * 2 + 1, labels), "pixels must be in 0..16"),
+        (lambda images, labels: (-images - 1, labels), "pixels must be in 0..16"),
+        (
+            lambda images, labels: (images, np.where(labels == 9, 10, labels)),
+            "labels must be the integers 0..9; 3 are not, e.g. label 10",
+        ),
+        (lambda images, labels: (images, labels.astype(float) + 0.5), "labels must be the integers 0..9"),
+        (lambda images, labels: (images, labels[:-1]), "labels must be one per image (30)"),
+        (
+            lambda images, labels: (images[labels != 4][:-2], np.r_[labels[labels != 4][:-2]]),
+            "at least 2 images; too few of {4: 0, 9: 1}",
+        ),
+        (lambda images, labels: (np.array([["a"] * 64] * 30), labels), "images are not numeric"),
     ],
-    ids=["shape", "nan", "above-16", "negative", "label-10", "label-fraction", "label-count", "too-few-per-class", "text"],
+    ids=[
+        "shape",
+        "nan",
+        "above-16",
+        "negative",
+        "label-10",
+        "label-fraction",
+        "label-count",
+        "too-few-per-class",
+        "text",
+    ],
 )
 def test_bad_data_is_refused_with_the_rule_it_breaks(change, message: str) -> None:
     images, labels = change(*_good())
@@ -89,10 +124,10 @@ def test_npz_files_load_and_broken_ones_say_why(tmp_path: Path) -> None:
     with pytest.raises(DigitsDataError, match=r"missing arrays \['labels'\]"):
         read_npz(tmp_path / "nolabels.npz")
     np.savez(tmp_path / "objects.npz", images=np.array([object()] * 3), labels=labels[:3])
-    with pytest.raises(DigitsDataError, match="not a readable .npz"):
+    with pytest.raises(DigitsDataError, match=r"not a readable .npz"):
         read_npz(tmp_path / "objects.npz")
     (tmp_path / "text.npz").write_text("hello")
-    with pytest.raises(DigitsDataError, match="not a readable .npz"):
+    with pytest.raises(DigitsDataError, match=r"not a readable .npz"):
         read_npz(tmp_path / "text.npz")
     with pytest.raises(DigitsDataError, match="no such file"):
         read_npz(tmp_path / "missing.npz")
@@ -117,7 +152,9 @@ def test_the_split_is_stratified_seeded_and_validation_comes_from_train(digits: 
 
 
 @pytest.mark.parametrize("family", ["svc", "nca_knn", "mlp"])
-def test_each_family_beats_the_baselines_and_its_digit_is_the_top_probability(digits: LabelledDigits, family: str) -> None:
+def test_each_family_beats_the_baselines_and_its_digit_is_the_top_probability(
+    digits: LabelledDigits, family: str
+) -> None:
     split = split_digits(digits)
     model = build_classifier({**KNOWN_GOOD, "family": family}).fit(split.train.images, split.train.labels)
     probabilities = model.predict_proba(split.test.images)
@@ -143,7 +180,9 @@ def test_the_neighbour_index_finds_the_training_image_itself(digits: LabelledDig
     order, _ = nca.nearest(split.test.images[:50], k=1)
     agreement = np.mean(nca.index_labels_[order[:, 0]] == split.test.labels[:50])
     assert agreement >= 0.94
-    np.testing.assert_allclose(nca.embed(split.test.images), nca.embedding_.transform(split.test.images / 16), rtol=1e-12)
+    np.testing.assert_allclose(
+        nca.embed(split.test.images), nca.embedding_.transform(split.test.images / 16), rtol=1e-12
+    )
     for model in (svc, nca):  # what the service calls: one embedding for both answers
         probabilities, order, distances = model.explain(split.test.images[:7], k=3)
         np.testing.assert_array_equal(probabilities, model.predict_proba(split.test.images[:7]))
@@ -159,7 +198,9 @@ def test_unknown_configurations_are_refused() -> None:
         build_classifier({"family": "cnn"})
 
 
-def test_the_model_round_trips_through_mlflow_without_pickle(tmp_path: Path, digits: LabelledDigits, svc: DigitClassifier) -> None:
+def test_the_model_round_trips_through_mlflow_without_pickle(
+    tmp_path: Path, digits: LabelledDigits, svc: DigitClassifier
+) -> None:
     import mlflow.models
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -172,7 +213,9 @@ def test_the_model_round_trips_through_mlflow_without_pickle(tmp_path: Path, dig
         mlflow.set_tracking_uri(uri)
         try:
             with mlflow.start_run():
-                infos = [mlflow.sklearn.log_model(m, name=m.family, skops_trusted_types=SKOPS_TRUSTED_TYPES) for m in models]
+                infos = [
+                    mlflow.sklearn.log_model(m, name=m.family, skops_trusted_types=SKOPS_TRUSTED_TYPES) for m in models
+                ]
             loaded = [mlflow.sklearn.load_model(info.model_uri) for info in infos]
         finally:
             mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
@@ -187,10 +230,16 @@ def test_the_model_round_trips_through_mlflow_without_pickle(tmp_path: Path, dig
 # --- the image table -----------------------------------------------------------------------------
 
 
-def test_digit_images_lands_in_the_warehouse_and_reloads_replace(tmp_path: Path, warehouse_url: str, instance: dg.DagsterInstance) -> None:
+def test_digit_images_lands_in_the_warehouse_and_reloads_replace(
+    tmp_path: Path, warehouse_url: str, instance: dg.DagsterInstance
+) -> None:
     warehouse = WarehouseResource(url=warehouse_url)  # SQLite and the real PostgreSQL
     for _ in range(2):
-        result = dg.materialize([digit_images], resources={"digits_source": BundledDigitsSource(), "warehouse": warehouse}, instance=instance)
+        result = dg.materialize(
+            [digit_images],
+            resources={"digits_source": BundledDigitsSource(), "warehouse": warehouse},
+            instance=instance,
+        )
         metadata = result.asset_materializations_for_node("digit_images")[0].metadata
         assert metadata["dagster/row_count"].value == 1797 and metadata["bundled_sample"].value is True
     source, stored = read_digit_images(warehouse)
@@ -201,13 +250,20 @@ def test_digit_images_lands_in_the_warehouse_and_reloads_replace(tmp_path: Path,
 
     images, labels = _good(5)
     np.savez(tmp_path / "mine.npz", images=images, labels=labels)
-    dg.materialize([digit_images], resources={"digits_source": NpzDigitsSource(path=str(tmp_path / "mine.npz")), "warehouse": warehouse}, instance=instance)
-    assert len(read_digit_images(warehouse)[1]) == 50  # the table holds one dataset: the user's replaced the bundled one
+    dg.materialize(
+        [digit_images],
+        resources={"digits_source": NpzDigitsSource(path=str(tmp_path / "mine.npz")), "warehouse": warehouse},
+        instance=instance,
+    )
+    # The table holds one dataset: the user's replaced the bundled one.
+    assert len(read_digit_images(warehouse)[1]) == 50
 
 
 def test_a_bad_file_fails_the_run_and_keeps_the_table(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     warehouse = WarehouseResource(url=f"sqlite:///{tmp_path / 'w.db'}")
-    dg.materialize([digit_images], resources={"digits_source": BundledDigitsSource(), "warehouse": warehouse}, instance=instance)
+    dg.materialize(
+        [digit_images], resources={"digits_source": BundledDigitsSource(), "warehouse": warehouse}, instance=instance
+    )
     images, labels = _good()
     np.savez(tmp_path / "bad.npz", images=images * 3, labels=labels)
     result = dg.materialize(
@@ -243,7 +299,11 @@ def _on_a_canvas(image: np.ndarray, scale: int, margins: tuple[int, int, int, in
     """The dataset image scaled up, with white margins (top, right, bottom, left): no longer an 8x8 grid."""
     gray = np.round(255 - image * 255 / 16).astype("uint8")
     top, right, bottom, left = margins
-    return _png(np.pad(np.kron(gray, np.ones((scale, scale), dtype="uint8")), ((top, bottom), (left, right)), constant_values=255))
+    return _png(
+        np.pad(
+            np.kron(gray, np.ones((scale, scale), dtype="uint8")), ((top, bottom), (left, right)), constant_values=255
+        )
+    )
 
 
 def test_a_free_hand_drawing_is_cropped_and_centred(digits: LabelledDigits, svc: DigitClassifier) -> None:
@@ -278,7 +338,9 @@ def _bomb_header(width: int, height: int) -> bytes:
     """A tiny PNG declaring a huge image (valid signature and IHDR, almost no data)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,10 @@ pytestmark = pytest.mark.timeout(120)
 
 COVARIATES = ("td", "rh", "ws", "precip")
 #: Small and fast: what QUICK_SEARCH_SPACE draws, every family.
-QUICK_CONFIG = {k: v for k, v in QUICK_SEARCH_SPACE.items() if not isinstance(v, Domain)} | {"ridge_alpha": 1.0, "gbm_max_iter": 8}
+QUICK_CONFIG = {k: v for k, v in QUICK_SEARCH_SPACE.items() if not isinstance(v, Domain)} | {
+    "ridge_alpha": 1.0,
+    "gbm_max_iter": 8,
+}
 
 
 def synthetic_series(days: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -151,7 +154,11 @@ def test_family_round_trips_through_mlflow_skops(
     X = windows.validation.features(spec)
     path = tmp_path / "model"
     mlflow.sklearn.save_model(
-        model, str(path), serialization_format="skops", skops_trusted_types=SKOPS_TRUSTED_TYPES, pip_requirements=["scikit-learn"]
+        model,
+        str(path),
+        serialization_format="skops",
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        pip_requirements=["scikit-learn"],
     )
     loaded = mlflow.sklearn.load_model(str(path))
     assert type(loaded) is type(model)
@@ -183,7 +190,9 @@ def test_ridge_boost_is_ridge_plus_a_correction(windows: TrainingWindows) -> Non
     ridge, _ = fitted("ridge_covariates", windows)
     np.testing.assert_allclose(model.base_.predict(X), ridge.predict(X))
     assert not np.allclose(model.predict(X), ridge.predict(X))
-    assert model.pca_.n_components_ == QUICK_CONFIG["gbm_components"] and len(model.boosters_) == model.pca_.n_components_
+    assert (
+        model.pca_.n_components_ == QUICK_CONFIG["gbm_components"] and len(model.boosters_) == model.pca_.n_components_
+    )
 
 
 def test_fit_with_progress_equals_fit_and_reports_each_stage(windows: TrainingWindows) -> None:
@@ -199,7 +208,7 @@ def test_fit_with_progress_equals_fit_and_reports_each_stage(windows: TrainingWi
     assert reports[-1][1] == pytest.approx(np.abs(plain.predict(X_val) - y_val).mean())
     assert all(b.max_iter == 12 and not b.warm_start for b in staged.boosters_)
 
-    ridge, ridge_spec = build_forecaster({"family": "ridge_covariates"}, windows.covariates)
+    ridge, _ridge_spec = build_forecaster({"family": "ridge_covariates"}, windows.covariates)
     once: list[tuple[int, float]] = []
     fit_with_progress(ridge, X, y, X_val, y_val, lambda step, value: once.append((step, value)))
     assert [step for step, _ in once] == [1]
@@ -228,7 +237,7 @@ def test_search_space_covers_every_family_and_key(space: dict[str, Any], windows
     rng = np.random.RandomState(0)
     for _ in range(8):
         config = {k: (v.sample(random_state=rng) if isinstance(v, Domain) else v) for k, v in space.items()}
-        model, spec = build_forecaster(config, windows.covariates)
+        _model, spec = build_forecaster(config, windows.covariates)
         assert spec.n_features == windows.train.features(spec).shape[1]
     assert DEFAULT_NUM_SAMPLES >= 10 and 1 <= QUICK_NUM_SAMPLES < DEFAULT_NUM_SAMPLES
 
@@ -386,8 +395,12 @@ def test_a_version_saved_before_the_move_still_loads(
         for name in legacy_names:
             before_the_move.setattr(getattr(estimators, name.rsplit(".", 1)[1]), "__module__", LEGACY_MODULE)
         mlflow.sklearn.save_model(
-            model, str(path), serialization_format="skops", skops_trusted_types=old_trusted_types,
-            metadata={FEATURE_SPEC_KEY: spec.to_dict()}, pip_requirements=["scikit-learn"],
+            model,
+            str(path),
+            serialization_format="skops",
+            skops_trusted_types=old_trusted_types,
+            metadata={FEATURE_SPEC_KEY: spec.to_dict()},
+            pip_requirements=["scikit-learn"],
         )
     schema = zipfile.ZipFile(path / "model.skops").read("schema.json").decode()
     assert f'"{LEGACY_MODULE}"' in schema and '"mlops_assets.atmos.estimators"' not in schema
@@ -397,4 +410,3 @@ def test_a_version_saved_before_the_move_still_loads(
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
     trusting_ours = skops.io.load(path / "model.skops", trusted=SKOPS_TRUSTED_TYPES)  # both names trusted
     np.testing.assert_array_equal(trusting_ours.predict(X), model.predict(X))
-

@@ -84,7 +84,12 @@ def test_year_backfill_takes_twelve_requests(kma: FakeKmaServer, make_client: Ca
     query = kma.requests[1]
     assert query["ServiceKey"] == kma.service_key  # encoded once, decoded intact by the server
     assert {k: query[k] for k in ("pageNo", "numOfRows", "dataType", "dataCd", "dateCd", "stnIds")} == {
-        "pageNo": "1", "numOfRows": "999", "dataType": "JSON", "dataCd": "ASOS", "dateCd": "HR", "stnIds": "108",
+        "pageNo": "1",
+        "numOfRows": "999",
+        "dataType": "JSON",
+        "dataCd": "ASOS",
+        "dateCd": "HR",
+        "stnIds": "108",
     }
     assert (query["startDt"], query["startHh"], query["endDt"], query["endHh"]) == ("20190201", "00", "20190303", "23")
 
@@ -113,7 +118,9 @@ def test_multi_page_month_follows_total_count(kma: FakeKmaServer, make_client: C
     assert len(frame) == 744 and frame["time"].is_unique
 
 
-def test_last_page_with_one_item_comes_as_an_object(kma: FakeKmaServer, make_client: Callable[..., KmaAsosClient]) -> None:
+def test_last_page_with_one_item_comes_as_an_object(
+    kma: FakeKmaServer, make_client: Callable[..., KmaAsosClient]
+) -> None:
     client = make_client(num_of_rows=23)  # 24 hours -> pages of 23 and 1
     frame = client.fetch_hourly("108", dt.date(2019, 6, 1), dt.date(2019, 6, 1))
 
@@ -143,16 +150,39 @@ def test_times_are_kst_converted_to_utc(kma: FakeKmaServer, make_client: Callabl
 
 def test_values_map_to_canonical_columns(kma: FakeKmaServer, make_client: Callable[..., KmaAsosClient]) -> None:
     item = {
-        "tm": "2019-01-20 01:00", "stnId": "108", "stnNm": "서울",
-        "ta": "-3.5", "rn": "1.5", "ws": "2.1", "wd": "270", "hm": "55", "td": "-11.0", "pa": "1020.1", "ps": "1031.2",
-        "taQcflg": "", "rnQcflg": "0", "wsQcflg": "1", "wdQcflg": "", "hmQcflg": "", "tdQcflg": "", "paQcflg": "", "psQcflg": "",
+        "tm": "2019-01-20 01:00",
+        "stnId": "108",
+        "stnNm": "서울",
+        "ta": "-3.5",
+        "rn": "1.5",
+        "ws": "2.1",
+        "wd": "270",
+        "hm": "55",
+        "td": "-11.0",
+        "pa": "1020.1",
+        "ps": "1031.2",
+        "taQcflg": "",
+        "rnQcflg": "0",
+        "wsQcflg": "1",
+        "wdQcflg": "",
+        "hmQcflg": "",
+        "tdQcflg": "",
+        "paQcflg": "",
+        "psQcflg": "",
     }
     kma.set_default(Scenario.fixed_items([item]))
     frame = make_client().fetch_hourly("108", dt.date(2019, 1, 20), dt.date(2019, 1, 20))
 
     row = frame.iloc[0]
     assert (row["tmp"], row["precip"], row["ws"], row["wd"], row["rh"], row["td"], row["p"], row["mslp"]) == (
-        -3.5, 1.5, 2.1, 270.0, 55.0, -11.0, 1020.1, 1031.2,
+        -3.5,
+        1.5,
+        2.1,
+        270.0,
+        55.0,
+        -11.0,
+        1020.1,
+        1031.2,
     )
     assert row["precip_qc"] == 0 and row["ws_qc"] == 1 and pd.isna(row["tmp_qc"])
 
@@ -186,7 +216,9 @@ def test_generated_blanks_and_qc_flags_are_kept(kma: FakeKmaServer, make_client:
     assert (frame.loc[dry, "precip"] == 0.0).all() and (frame["precip"] > 0).any()
 
 
-def test_empty_rain_flagged_missing_stays_missing(kma: FakeKmaServer, make_client: Callable[..., KmaAsosClient]) -> None:
+def test_empty_rain_flagged_missing_stays_missing(
+    kma: FakeKmaServer, make_client: Callable[..., KmaAsosClient]
+) -> None:
     items = hourly_items("108", dt.date(2019, 1, 20), dt.date(2019, 1, 20))[:2]
     items[0]["rn"], items[0]["rnQcflg"] = "", "9"
     kma.set_default(Scenario.fixed_items(items))
@@ -207,14 +239,14 @@ def test_non_numeric_value_is_an_api_error(kma: FakeKmaServer, make_client: Call
     items = hourly_items("108", dt.date(2019, 1, 20), dt.date(2019, 1, 20))[:1]
     items[0]["ta"] = "n/a"
     kma.set_default(Scenario.fixed_items(items))
-    with pytest.raises(KmaApiError, match="'ta'.*'n/a'"):
+    with pytest.raises(KmaApiError, match=r"'ta'.*'n/a'"):
         make_client().fetch_hourly("108", dt.date(2019, 1, 20), dt.date(2019, 1, 20))
 
 
 def test_xml_success_body_is_understood(kma: FakeKmaServer, make_client: Callable[..., KmaAsosClient]) -> None:
     """If the service answers XML despite dataType=JSON, the items are still read."""
     client = make_client()
-    original = client._params  # noqa: SLF001 - ask the fake for XML, as a misbehaving gateway would send
+    original = client._params
     client._params = lambda *a: {**original(*a), "dataType": "XML"}  # type: ignore[method-assign]
     frame = client.fetch_hourly("108", dt.date(2019, 1, 20), dt.date(2019, 1, 21))
 
@@ -313,12 +345,17 @@ def test_connection_refused_is_retried_then_reported_without_the_key(caplog: pyt
         port = probe.getsockname()[1]
     key = "s3cret+Key/with=="
     caplog.set_level(logging.DEBUG)
-    with KmaAsosClient(
-        service_key=key, endpoint=f"http://127.0.0.1:{port}/x", max_attempts=2, backoff_seconds=0.01,
-        today=lambda: TODAY,
-    ) as client:
-        with pytest.raises(KmaRetriesExhaustedError, match="ConnectionError") as caught:
-            client.fetch_hourly("108", *JAN)
+    with (
+        KmaAsosClient(
+            service_key=key,
+            endpoint=f"http://127.0.0.1:{port}/x",
+            max_attempts=2,
+            backoff_seconds=0.01,
+            today=lambda: TODAY,
+        ) as client,
+        pytest.raises(KmaRetriesExhaustedError, match="ConnectionError") as caught,
+    ):
+        client.fetch_hourly("108", *JAN)
     assert client.request_count == 2
     _assert_secret_free(caught.value, key)
     for spelling in {key, quote(key, safe=""), quote_plus(key)}:
@@ -369,7 +406,7 @@ def test_bad_parameters_are_request_errors(
 def test_server_validates_parameters(kma: FakeKmaServer, make_client: Callable[..., KmaAsosClient]) -> None:
     """The fake itself rejects a malformed request the way the API does (code 10)."""
     client = make_client()
-    original = client._params  # noqa: SLF001
+    original = client._params
     client._params = lambda *a: {**original(*a), "dateCd": "DAY"}  # type: ignore[method-assign]
     with pytest.raises(KmaRequestError, match="INVALID_REQUEST_PARAMETER_ERROR"):
         client.fetch_hourly("108", *JAN)
@@ -384,10 +421,12 @@ def test_unknown_code_is_a_plain_api_error(kma: FakeKmaServer, make_client: Call
     assert client.request_count == 1
 
 
-def test_garbage_body_is_an_api_error_with_excerpt(kma: FakeKmaServer, make_client: Callable[..., KmaAsosClient]) -> None:
+def test_garbage_body_is_an_api_error_with_excerpt(
+    kma: FakeKmaServer, make_client: Callable[..., KmaAsosClient]
+) -> None:
     kma.set_default(Scenario.garbage())
     client = make_client()
-    with pytest.raises(KmaApiError, match="neither JSON nor XML.*under maintenance"):
+    with pytest.raises(KmaApiError, match=r"neither JSON nor XML.*under maintenance"):
         client.fetch_hourly("108", *JAN)
     assert client.request_count == 1
 
@@ -433,7 +472,9 @@ def test_wrong_key_is_rejected_by_the_gateway_and_never_echoed(
     assert wrong not in caplog.text and quote_plus(wrong) not in caplog.text
 
 
-def test_portal_encoding_key_is_not_double_encoded(kma: FakeKmaServer, make_client: Callable[..., KmaAsosClient]) -> None:
+def test_portal_encoding_key_is_not_double_encoded(
+    kma: FakeKmaServer, make_client: Callable[..., KmaAsosClient]
+) -> None:
     """data.go.kr shows an "Encoding" (percent-encoded) key too; it must reach the server decoded."""
     client = make_client(service_key=quote(kma.service_key, safe=""))
     assert len(client.fetch_hourly("108", dt.date(2019, 1, 20), dt.date(2019, 1, 20))) == 24

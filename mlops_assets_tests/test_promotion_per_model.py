@@ -56,8 +56,19 @@ QUICK_SEARCH = TuningResource(search="quick")
 
 ATMOS_RANGE = {ASSET_PARTITION_RANGE_START_TAG: "2013-01-01", ASSET_PARTITION_RANGE_END_TAG: "2013-03-31"}
 ATMOS_DATA = [raw_atmos_observations, atmos_features]
-ATMOS_TRAINING = [atmos_training_windows, atmos_tuned_model, atmos_tuned_model_beats_baselines, atmos_champion_model, atmos_champion_serves]
-INSURANCE_TRAINING = [insurance_tuned_model, insurance_tuned_model_beats_baseline, insurance_champion_model, insurance_champion_serves]
+ATMOS_TRAINING = [
+    atmos_training_windows,
+    atmos_tuned_model,
+    atmos_tuned_model_beats_baselines,
+    atmos_champion_model,
+    atmos_champion_serves,
+]
+INSURANCE_TRAINING = [
+    insurance_tuned_model,
+    insurance_tuned_model_beats_baseline,
+    insurance_champion_model,
+    insurance_champion_serves,
+]
 
 
 @pytest.fixture
@@ -82,7 +93,9 @@ def _versions(client: mlflow.MlflowClient, model_name: str) -> list[str]:
     return sorted(str(version.version) for version in client.search_model_versions(f"name='{model_name}'"))
 
 
-def _run_digits_serves_check_alone(resources: dict[str, object], instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
+def _run_digits_serves_check_alone(
+    resources: dict[str, object], instance: dg.DagsterInstance
+) -> dg.AssetCheckEvaluation:
     """Only the check, as the UI's "Execute check" runs it: the champion step does not run again."""
     result = dg.materialize(
         [digits_tuned_model, digits_champion_model, digits_champion_serves],
@@ -95,18 +108,29 @@ def _run_digits_serves_check_alone(resources: dict[str, object], instance: dg.Da
     return evaluation
 
 
-def _assert_displaced(first: dg.ExecuteInProcessResult, second: dg.ExecuteInProcessResult, node: str, client: mlflow.MlflowClient, model_name: str) -> None:
-    """v1 (weak) was promoted, v2 beat it on the same holdout: the alias moved, v1 is kept, the serves check passed twice."""
+def _assert_displaced(
+    first: dg.ExecuteInProcessResult,
+    second: dg.ExecuteInProcessResult,
+    node: str,
+    client: mlflow.MlflowClient,
+    model_name: str,
+) -> None:
+    """v1 (weak) was promoted, v2 beat it on the same holdout: the alias moved, v1 is kept,
+    the serves check passed twice."""
     weak = _champion_metadata(first, node)
     assert weak["decision"] == "promoted" and weak["champion_version"] == 1
     better = _champion_metadata(second, node)
     assert better["decision"] == "promoted", better["reason"]
-    assert better["registered_version"] == 2 and better["champion_version_before"] == 1 and better["champion_version"] == 2
+    assert (
+        better["registered_version"] == 2 and better["champion_version_before"] == 1 and better["champion_version"] == 2
+    )
     assert better["champion_test_mae_same_holdout"] == pytest.approx(weak["challenger_test_mae"], abs=1e-4)
     assert better["challenger_test_mae"] < better["champion_test_mae_same_holdout"]
     assert _alias_version(client, model_name) == "2"
     assert _versions(client, model_name) == ["1", "2"]
-    assert client.get_model_version(model_name, "1").tags["decision"] == "promoted"  # the old champion is kept as it was
+    assert (
+        client.get_model_version(model_name, "1").tags["decision"] == "promoted"
+    )  # the old champion is kept as it was
     for result in (first, second):
         serves = next(evaluation for name, evaluation in _checks(result).items() if name.endswith("_champion_serves"))
         assert serves.passed, serves.metadata
@@ -115,7 +139,9 @@ def _assert_displaced(first: dg.ExecuteInProcessResult, second: dg.ExecuteInProc
 # --- atmos ---------------------------------------------------------------------------------------
 
 
-def _atmos_resources(tmp_path: Path, mlflow_uri: str, tuning: TuningResource, source: object | None = None) -> dict[str, object]:
+def _atmos_resources(
+    tmp_path: Path, mlflow_uri: str, tuning: TuningResource, source: object | None = None
+) -> dict[str, object]:
     return {
         "source": source or SampleObservationSource(),
         "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}"),
@@ -124,7 +150,9 @@ def _atmos_resources(tmp_path: Path, mlflow_uri: str, tuning: TuningResource, so
     }
 
 
-def test_atmos_a_better_forecaster_displaces_a_weak_champion(tmp_path: Path, mlflow_uri: str, instance: dg.DagsterInstance) -> None:
+def test_atmos_a_better_forecaster_displaces_a_weak_champion(
+    tmp_path: Path, mlflow_uri: str, instance: dg.DagsterInstance
+) -> None:
     weak = _atmos_resources(tmp_path, mlflow_uri, ATMOS_WEAK_SEARCH)
     assert dg.materialize(ATMOS_DATA, resources=weak, instance=instance, tags=ATMOS_RANGE).success
     first = dg.materialize(ATMOS_TRAINING, resources=weak, instance=instance)
@@ -165,7 +193,9 @@ def test_atmos_a_forecaster_that_cannot_beat_seasonal_naive_never_moves_the_alia
 # --- insurance -----------------------------------------------------------------------------------
 
 
-def _insurance_resources(tmp_path: Path, mlflow_uri: str, tuning: TuningResource, policy_source: object, warehouse: str = "w.db") -> dict[str, object]:
+def _insurance_resources(
+    tmp_path: Path, mlflow_uri: str, tuning: TuningResource, policy_source: object, warehouse: str = "w.db"
+) -> dict[str, object]:
     return {
         "policy_source": policy_source,
         "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / warehouse}"),
@@ -174,7 +204,9 @@ def _insurance_resources(tmp_path: Path, mlflow_uri: str, tuning: TuningResource
     }
 
 
-def test_insurance_a_better_model_displaces_a_weak_champion(tmp_path: Path, mlflow_uri: str, instance: dg.DagsterInstance) -> None:
+def test_insurance_a_better_model_displaces_a_weak_champion(
+    tmp_path: Path, mlflow_uri: str, instance: dg.DagsterInstance
+) -> None:
     weak = _insurance_resources(tmp_path, mlflow_uri, INSURANCE_WEAK_SEARCH, SyntheticPolicySource())
     first = dg.materialize([insurance_policies, *INSURANCE_TRAINING], resources=weak, instance=instance)
     second = dg.materialize(INSURANCE_TRAINING, resources={**weak, "tuning": QUICK_SEARCH}, instance=instance)
@@ -199,7 +231,9 @@ def test_insurance_a_model_that_cannot_beat_the_median_never_moves_the_alias(
 
     noise = CsvPolicySource(path=str(_unpredictable_policies_csv(tmp_path / "noise.csv")))
     unbeatable = _insurance_resources(tmp_path, mlflow_uri, QUICK_SEARCH, noise, warehouse="noise.db")
-    blocked = dg.materialize([insurance_policies, *INSURANCE_TRAINING], resources=unbeatable, instance=instance, raise_on_error=False)
+    blocked = dg.materialize(
+        [insurance_policies, *INSURANCE_TRAINING], resources=unbeatable, instance=instance, raise_on_error=False
+    )
 
     gate = _checks(blocked)["insurance_tuned_model_beats_baseline"]
     assert not gate.passed
@@ -230,7 +264,9 @@ def test_the_serves_check_fails_when_the_alias_is_moved_to_a_version_that_scores
     resources = _digits_resources(tmp_path, mlflow_uri)
     steps = [digit_images, digits_tuned_model, digits_champion_model, digits_champion_serves]
     good = dg.materialize(steps, resources=resources, instance=instance, run_config=_forced(dict(KNOWN_GOOD)))
-    worse = dg.materialize(steps[1:], resources=resources, instance=instance, run_config=_forced({"family": "mlp", "mlp_hidden": 3}))
+    worse = dg.materialize(
+        steps[1:], resources=resources, instance=instance, run_config=_forced({"family": "mlp", "mlp_hidden": 3})
+    )
     assert _champion_metadata(good, "digits_champion_model")["decision"] == "promoted"
     assert _champion_metadata(worse, "digits_champion_model")["decision"] == "rejected"  # registered as v2 all the same
     assert _checks(good)["digits_champion_serves"].passed and _checks(worse)["digits_champion_serves"].passed

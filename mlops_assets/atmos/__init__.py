@@ -1,4 +1,5 @@
-"""The atmos pipeline: hourly station observations -> cleaned features -> 72 h -> 24 h windows -> Ray Tune search -> champion.
+"""The atmos pipeline: hourly station observations -> cleaned features -> 72 h -> 24 h windows ->
+Ray Tune search -> champion.
 
 `observations`, `cleaning`, `quality`, `forecast_features`, `dataset` (windows and the chronological
 split), `estimators`, `families` and `metrics` are pure; `kma` and `csv_times` read the sources;

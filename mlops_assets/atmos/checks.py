@@ -12,7 +12,13 @@ import dagster as dg
 import pandas as pd
 
 from mlops_assets.atmos import quality
-from mlops_assets.atmos.assets import atmos_champion_model, atmos_features, atmos_tuned_model, forecaster_test_mae, load_training_windows
+from mlops_assets.atmos.assets import (
+    atmos_champion_model,
+    atmos_features,
+    atmos_tuned_model,
+    forecaster_test_mae,
+    load_training_windows,
+)
 from mlops_assets.atmos.source import ObservationSource
 from mlops_assets.constants import ATMOS_MODEL_NAME
 from mlops_assets.promotion.checks import champion_serves_check
@@ -34,8 +40,14 @@ _WARN = dg.AssetCheckSeverity.WARN
         dg.AssetCheckSpec("schema", asset=atmos_features, blocking=True, description="columns and dtypes"),
         dg.AssetCheckSpec("one_row_per_hour", asset=atmos_features, blocking=True, description="regular hourly grid"),
         dg.AssetCheckSpec("physical_ranges", asset=atmos_features, blocking=True, description="no impossible values"),
-        dg.AssetCheckSpec("missing_rate", asset=atmos_features, description=f"tmp missing <= {MAX_TMP_MISSING_RATE:.0%}"),
-        dg.AssetCheckSpec("freshness", asset=atmos_features, description=f"live sources: last hour within {MAX_HOURS_SINCE_LAST:.0f} h"),
+        dg.AssetCheckSpec(
+            "missing_rate", asset=atmos_features, description=f"tmp missing <= {MAX_TMP_MISSING_RATE:.0%}"
+        ),
+        dg.AssetCheckSpec(
+            "freshness",
+            asset=atmos_features,
+            description=f"live sources: last hour within {MAX_HOURS_SINCE_LAST:.0f} h",
+        ),
         dg.AssetCheckSpec("drift", asset=atmos_features, description=f"last 7 days vs the 28 before: KS <= {MAX_KS}"),
     ],
 )
@@ -47,16 +59,26 @@ def atmos_features_checks(source: ObservationSource, warehouse: WarehouseResourc
 def evaluate_feature_checks(frame: pd.DataFrame, is_live: bool, now: pd.Timestamp) -> Iterator[dg.AssetCheckResult]:
     """The six results for `frame`; separate from the decorator so tests can feed any frame."""
     schema = quality.schema_problems(frame)
-    yield dg.AssetCheckResult(check_name="schema", passed=not schema, severity=_ERROR, metadata={"problems": dg.MetadataValue.json(schema)})
+    yield dg.AssetCheckResult(
+        check_name="schema", passed=not schema, severity=_ERROR, metadata={"problems": dg.MetadataValue.json(schema)}
+    )
     if schema:
         return
 
     grid = quality.grid_problems(frame)
-    yield dg.AssetCheckResult(check_name="one_row_per_hour", passed=not grid, severity=_ERROR, metadata={"problems": dg.MetadataValue.json(grid)})
+    yield dg.AssetCheckResult(
+        check_name="one_row_per_hour",
+        passed=not grid,
+        severity=_ERROR,
+        metadata={"problems": dg.MetadataValue.json(grid)},
+    )
 
     violations = quality.range_violations(frame)
     yield dg.AssetCheckResult(
-        check_name="physical_ranges", passed=not any(violations.values()), severity=_ERROR, metadata={"violations": dg.MetadataValue.json(violations)}
+        check_name="physical_ranges",
+        passed=not any(violations.values()),
+        severity=_ERROR,
+        metadata={"violations": dg.MetadataValue.json(violations)},
     )
 
     rates = quality.missing_rates(frame)
@@ -64,7 +86,10 @@ def evaluate_feature_checks(frame: pd.DataFrame, is_live: bool, now: pd.Timestam
         check_name="missing_rate",
         passed=rates["tmp"] <= MAX_TMP_MISSING_RATE,
         severity=_WARN,
-        metadata={"missing_rates": dg.MetadataValue.json({k: round(v, 4) for k, v in rates.items()}), "tmp": rates["tmp"]},
+        metadata={
+            "missing_rates": dg.MetadataValue.json({k: round(v, 4) for k, v in rates.items()}),
+            "tmp": rates["tmp"],
+        },
     )
 
     age = quality.hours_since_last_observation(frame, now)
@@ -85,7 +110,9 @@ def evaluate_feature_checks(frame: pd.DataFrame, is_live: bool, now: pd.Timestam
     )
 
 
-@dg.asset_check(asset=atmos_tuned_model, blocking=True, description="finite scores that beat persistence and seasonal naive")
+@dg.asset_check(
+    asset=atmos_tuned_model, blocking=True, description="finite scores that beat persistence and seasonal naive"
+)
 def atmos_tuned_model_beats_baselines(atmos_tuned_model: TunedModel) -> dg.AssetCheckResult:
     tuned = atmos_tuned_model
     per_horizon = tuned.details.get("test_mae_per_horizon", [])
@@ -103,7 +130,9 @@ def atmos_tuned_model_beats_baselines(atmos_tuned_model: TunedModel) -> dg.Asset
 def _champion_test_mae(context: dg.AssetCheckExecutionContext, model_uri: str) -> float:
     """The champion step's scoring, on the windows it rebuilds from the warehouse."""
     resources = context.resources
-    return forecaster_test_mae(resources.registry, model_uri, load_training_windows(resources.source, resources.warehouse))
+    return forecaster_test_mae(
+        resources.registry, model_uri, load_training_windows(resources.source, resources.warehouse)
+    )
 
 
 atmos_champion_serves = champion_serves_check(

@@ -62,7 +62,9 @@ def _fill_short_runs(values: pd.Series, max_hours: int) -> tuple[pd.Series, np.n
     return values.where(~filled, interpolated), filled
 
 
-def clean_observations(raw: pd.DataFrame, max_gap_hours: int = MAX_FILLED_GAP_HOURS) -> tuple[pd.DataFrame, CleaningReport]:
+def clean_observations(
+    raw: pd.DataFrame, max_gap_hours: int = MAX_FILLED_GAP_HOURS
+) -> tuple[pd.DataFrame, CleaningReport]:
     """Clean one station's canonical observations; see the module docstring for the rules."""
     if raw["station"].nunique() > 1:
         raise ValueError(f"clean one station at a time, got {sorted(raw['station'].unique())}")

@@ -46,7 +46,9 @@ def zone_named(timezone: str) -> ZoneInfo:
     try:
         return ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as error:
-        raise SourceConfigError(f"ATMOS_TIMEZONE={timezone!r} is not an IANA time zone (e.g. America/Chicago, Asia/Seoul, UTC)") from error
+        raise SourceConfigError(
+            f"ATMOS_TIMEZONE={timezone!r} is not an IANA time zone (e.g. America/Chicago, Asia/Seoul, UTC)"
+        ) from error
 
 
 def parse_times(values: Sequence[str] | pd.Series, timezone: str) -> pd.Series:
@@ -65,7 +67,10 @@ def parse_times(values: Sequence[str] | pd.Series, timezone: str) -> pd.Series:
     if unreadable.any():
         _raise_first(text, unreadable, f"is not an ISO-8601 date and time (accepted: {ACCEPTED_SHAPES})")
 
-    number = {name: pd.to_numeric(parts[name]).fillna(0).astype("int64") for name in ("year", "month", "day", "hour", "minute", "second")}
+    number = {
+        name: pd.to_numeric(parts[name]).fillna(0).astype("int64")
+        for name in ("year", "month", "day", "hour", "minute", "second")
+    }
     out_of_range = ((number["hour"] > 23) | (number["minute"] > 59) | (number["second"] > 59)).to_numpy()
     wall = pd.to_datetime(pd.DataFrame(number), errors="coerce")
     impossible = out_of_range | wall.isna().to_numpy()
@@ -109,8 +114,10 @@ def _localize_wall_times(wall: pd.Series, text: pd.Series, zone: ZoneInfo) -> pd
     if missing.any():
         index = int(np.flatnonzero(missing)[0])
         raise TimeValueError(
-            int(text.index[index]), str(text.iloc[index]),
-            f"does not exist in {zone.key} (clocks skip that hour when they go forward); give the UTC offset or fix the time",
+            int(text.index[index]),
+            str(text.iloc[index]),
+            f"does not exist in {zone.key} (clocks skip that hour when they go forward); "
+            "give the UTC offset or fix the time",
         )
     ambiguous = wall.dt.tz_localize(named, ambiguous="NaT", nonexistent="raise").isna().to_numpy()
     is_first = np.ones(len(wall), dtype=bool)

@@ -35,11 +35,16 @@ class WindowSet:
         return len(self.targets)
 
     def features(self, spec: FeatureSpec) -> np.ndarray:
-        return feature_matrix(spec, self.temperatures, self.last_epoch_hours if spec.calendar else None, self.covariates)
+        return feature_matrix(
+            spec, self.temperatures, self.last_epoch_hours if spec.calendar else None, self.covariates
+        )
 
     def head(self, n: int) -> WindowSet:
         return WindowSet(
-            self.temperatures[:n], self.targets[:n], self.last_epoch_hours[:n], {k: v[:n] for k, v in self.covariates.items()}
+            self.temperatures[:n],
+            self.targets[:n],
+            self.last_epoch_hours[:n],
+            {k: v[:n] for k, v in self.covariates.items()},
         )
 
 
@@ -59,7 +64,9 @@ class TrainingWindows:
 
 def available_covariates(series: pd.DataFrame) -> tuple[str, ...]:
     return tuple(
-        name for name in CANDIDATE_COVARIATES if name in series.columns and series[name].isna().mean() <= MAX_COVARIATE_MISSING
+        name
+        for name in CANDIDATE_COVARIATES
+        if name in series.columns and series[name].isna().mean() <= MAX_COVARIATE_MISSING
     )
 
 
@@ -93,7 +100,10 @@ def _segment_windows(segment: pd.DataFrame, covariates: tuple[str, ...], stride:
 
 def _empty(covariates: tuple[str, ...]) -> WindowSet:
     return WindowSet(
-        np.empty((0, INPUT_HOURS)), np.empty((0, HORIZON_HOURS)), np.empty(0), {n: np.empty((0, HORIZON_HOURS)) for n in covariates}
+        np.empty((0, INPUT_HOURS)),
+        np.empty((0, HORIZON_HOURS)),
+        np.empty(0),
+        {n: np.empty((0, HORIZON_HOURS)) for n in covariates},
     )
 
 
@@ -106,7 +116,7 @@ def build_training_windows(
     series = series.sort_values("time").reset_index(drop=True)
     covariates = available_covariates(series)
     cuts = np.cumsum([0, *fractions])
-    edges = [int(round(c * len(series))) for c in cuts]
+    edges = [round(c * len(series)) for c in cuts]
     sets: dict[str, WindowSet] = {}
     boundaries: dict[str, str] = {}
     for name, lo, hi in zip(SPLITS, edges[:-1], edges[1:], strict=True):
@@ -116,7 +126,9 @@ def build_training_windows(
             boundaries[name] = f"{segment['time'].iloc[0]} .. {segment['time'].iloc[-1]}"
     for name, windows in sets.items():
         if len(windows) == 0:
-            raise ValueError(f"the {name} split has no complete {INPUT_HOURS}+{HORIZON_HOURS} h window: need more history")
+            raise ValueError(
+                f"the {name} split has no complete {INPUT_HOURS}+{HORIZON_HOURS} h window: need more history"
+            )
     return TrainingWindows(sets["train"], sets["validation"], sets["test"], boundaries, covariates)
 
 

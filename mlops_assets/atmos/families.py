@@ -193,7 +193,7 @@ PROGRESS_STAGES = 4
 
 
 def _stages(max_iter: int, n: int) -> list[int]:
-    return sorted({max(1, int(round(max_iter * (i + 1) / n))) for i in range(n)})
+    return sorted({max(1, round(max_iter * (i + 1) / n)) for i in range(n)})
 
 
 def fit_with_progress(

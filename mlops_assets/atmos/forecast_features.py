@@ -17,7 +17,7 @@ import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -104,12 +104,12 @@ class FeatureSpec:
         return {"calendar": self.calendar, "covariates": list(self.covariates), "covariate_hours": self.covariate_hours}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> FeatureSpec:
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
         covariates = data.get("covariates") or []
         return cls(
             calendar=bool(data.get("calendar", False)),
-            covariates=tuple(str(c) for c in covariates),  # type: ignore[union-attr]
-            covariate_hours=int(data.get("covariate_hours", HORIZON_HOURS)),  # type: ignore[arg-type]
+            covariates=tuple(str(c) for c in covariates),
+            covariate_hours=int(data.get("covariate_hours", HORIZON_HOURS)),
         )
 
 

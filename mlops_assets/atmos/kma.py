@@ -278,14 +278,22 @@ class KmaAsosClient:
             if not page.items:
                 logger.warning(
                     "KMA ASOS %s %s..%s: page %d empty before totalCount %d was reached",
-                    station, first_day, last_day, page_no, page.total_count,
+                    station,
+                    first_day,
+                    last_day,
+                    page_no,
+                    page.total_count,
                 )
                 break
             page_no += 1
         if page.total_count and len(items) != page.total_count:
             logger.warning(
                 "KMA ASOS %s %s..%s: got %d rows, totalCount says %d",
-                station, first_day, last_day, len(items), page.total_count,
+                station,
+                first_day,
+                last_day,
+                len(items),
+                page.total_count,
             )
         return items
 
@@ -318,7 +326,11 @@ class KmaAsosClient:
                 delay = self._rng.uniform(0.0, min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1)))
                 logger.warning(
                     "KMA ASOS %s: attempt %d/%d failed (%s); retrying in %.2fs",
-                    what, attempt, self.max_attempts, last_cause, delay,
+                    what,
+                    attempt,
+                    self.max_attempts,
+                    last_cause,
+                    delay,
                 )
                 self._sleep(delay)
         raise KmaRetriesExhaustedError(
@@ -358,7 +370,8 @@ class KmaAsosClient:
             raise KmaAuthError(
                 f"{message}; check KMA_SERVICE_KEY (registered for this service, not expired, "
                 "approved; keys take up to an hour to activate)",
-                code=code_text, reason=reason,
+                code=code_text,
+                reason=reason,
             )
         if code in _CALL_LIMIT_CODES:
             raise KmaCallLimitError(f"{message}; the daily call quota is used up", code=code_text, reason=reason)
@@ -423,7 +436,7 @@ def _numbers(raw: pd.DataFrame, column: str, kind: type, *, blank: Any) -> pd.Se
     if column not in raw.columns:
         return pd.Series(blank, index=raw.index, dtype=dtype)
     text = raw[column].astype("string").str.strip()
-    values = pd.to_numeric(text.where(text.ne(""), None), errors="coerce")
+    values = pd.to_numeric(text.mask(text.eq("")), errors="coerce")
     bad = values.isna() & ~(text.isna() | text.eq(""))
     if bad.any():
         raise KmaApiError(f"KMA ASOS field {column!r} has a non-numeric value {text[bad].iloc[0]!r}")

@@ -34,7 +34,9 @@ def forecast_figure(predictions: np.ndarray, windows: WindowSet, count: int = 4)
         x_out = np.arange(offset + len(inputs), offset + len(inputs) + windows.targets.shape[1])
         axes.plot(x_in, inputs, color="tab:gray", linewidth=0.8, label="input" if index == 0 else None)
         axes.plot(x_out, windows.targets[pick], color="tab:blue", label="actual" if index == 0 else None)
-        axes.plot(x_out, predictions[pick], color="tab:orange", linestyle="--", label="forecast" if index == 0 else None)
+        axes.plot(
+            x_out, predictions[pick], color="tab:orange", linestyle="--", label="forecast" if index == 0 else None
+        )
         offset = x_out[-1] + 12
     axes.set_xticks([])
     axes.set_ylabel("temperature (C)")

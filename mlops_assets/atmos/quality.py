@@ -57,7 +57,9 @@ def range_violations(frame: pd.DataFrame) -> dict[str, int]:
 
 
 def missing_rates(frame: pd.DataFrame) -> dict[str, float]:
-    return {name: float(frame[name].isna().mean()) if len(frame) else 1.0 for name in VARIABLES if name in frame.columns}
+    return {
+        name: float(frame[name].isna().mean()) if len(frame) else 1.0 for name in VARIABLES if name in frame.columns
+    }
 
 
 def hours_since_last_observation(frame: pd.DataFrame, now: pd.Timestamp) -> float:

@@ -27,7 +27,9 @@ atmos_ingestion_job = dg.define_asset_job(
 )
 
 
-def days_to_ingest(now: dt.datetime, timezone: str, materialized: set[str], catch_up_days: int = CATCH_UP_DAYS) -> list[str]:
+def days_to_ingest(
+    now: dt.datetime, timezone: str, materialized: set[str], catch_up_days: int = CATCH_UP_DAYS
+) -> list[str]:
     """Complete local days of the last `catch_up_days` that are not materialized yet, oldest first."""
     today = now.astimezone(ZoneInfo(timezone)).date()
     days = [(today - dt.timedelta(days=back)).isoformat() for back in range(catch_up_days, 0, -1)]
@@ -43,7 +45,9 @@ def build_ingestion_schedule(running: bool) -> dg.ScheduleDefinition:
         default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED,
         description="Ingest the newest complete local day (and catch up on the previous ones).",
     )
-    def atmos_ingestion_schedule(context: dg.ScheduleEvaluationContext, source: ObservationSource) -> dg.SkipReason | list[dg.RunRequest]:
+    def atmos_ingestion_schedule(
+        context: dg.ScheduleEvaluationContext, source: ObservationSource
+    ) -> dg.SkipReason | list[dg.RunRequest]:
         materialized = context.instance.get_materialized_partitions(raw_atmos_observations.key)
         now = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
         days = days_to_ingest(now, source.timezone, materialized)

@@ -1,4 +1,5 @@
-"""The forecaster search: its Ray Tune spaces, what one trial does, and the final refit (Ray and sklearn, no Dagster)."""
+"""The forecaster search: its Ray Tune spaces, what one trial does, and the final refit
+(Ray and sklearn, no Dagster)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,14 @@ def forecaster_trial(config: dict[str, Any], windows: TrainingWindows) -> None:
         model, spec = build_forecaster(config, windows.covariates)
         validation = windows.validation.features(spec)
         began = time.perf_counter()
-        fit_with_progress(model, windows.train.features(spec), windows.train.targets, validation, windows.validation.targets, report_stage)
+        fit_with_progress(
+            model,
+            windows.train.features(spec),
+            windows.train.targets,
+            validation,
+            windows.validation.targets,
+            report_stage,
+        )
         fit_seconds = time.perf_counter() - began
         predictions = model.predict(validation)
     metrics = horizon_metrics("val", per_horizon_mae(predictions, windows.validation.targets))

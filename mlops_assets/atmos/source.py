@@ -135,7 +135,9 @@ class CsvObservationSource(ObservationSource):
     time_zone: str = Field(default="UTC", description="IANA zone of naive times and of the partitions")
     columns: str = Field(
         default="",
-        description="our=their column names, comma-separated (e.g. 'time=Date,tmp=Temperature'); unmapped ones keep our names",
+        description=(
+            "our=their column names, comma-separated (e.g. 'time=Date,tmp=Temperature'); unmapped ones keep our names"
+        ),
     )
 
     @property
@@ -182,9 +184,13 @@ def parse_column_mapping(text: str) -> dict[str, str]:
             continue
         ours, equals, theirs = (part.strip() for part in entry.partition("="))
         if not equals or not ours or not theirs:
-            raise CsvColumnsError(f"ATMOS_CSV_COLUMNS: {entry.strip()!r} is not ours=theirs (e.g. {_MAPPING_EXAMPLE!r})")
+            raise CsvColumnsError(
+                f"ATMOS_CSV_COLUMNS: {entry.strip()!r} is not ours=theirs (e.g. {_MAPPING_EXAMPLE!r})"
+            )
         if ours not in CSV_COLUMNS:
-            raise CsvColumnsError(f"ATMOS_CSV_COLUMNS: {ours!r} is not one of our columns ({', '.join(CSV_COLUMNS)}); write ours=theirs")
+            raise CsvColumnsError(
+                f"ATMOS_CSV_COLUMNS: {ours!r} is not one of our columns ({', '.join(CSV_COLUMNS)}); write ours=theirs"
+            )
         if ours in mapping:
             raise CsvColumnsError(f"ATMOS_CSV_COLUMNS: {ours!r} is mapped twice ({mapping[ours]!r} and {theirs!r})")
         taken = [name for name, column in mapping.items() if column == theirs]
@@ -299,7 +305,9 @@ def _resolve_columns(path: Path, header: list[str], mapping: Mapping[str, str]) 
             )
     for ours, theirs in used.items():
         if header.count(theirs) > 1:
-            raise CsvFormatError(f"{path}: column {theirs!r} (our {ours!r}) appears {header.count(theirs)} times in the header")
+            raise CsvFormatError(
+                f"{path}: column {theirs!r} (our {ours!r}) appears {header.count(theirs)} times in the header"
+            )
     return used
 
 

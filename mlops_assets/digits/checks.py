@@ -19,7 +19,11 @@ from mlops_assets.tuning.tuned_model import TunedModel
 def digits_tuned_model_beats_baselines(digits_tuned_model: TunedModel) -> dg.AssetCheckResult:
     tuned = digits_tuned_model
     margins = {name: round(score - tuned.test_score, 4) for name, score in tuned.baselines.items()}
-    passed = math.isfinite(tuned.test_score) and {"majority", "knn3_raw"} <= set(margins) and all(m > 0 for m in margins.values())
+    passed = (
+        math.isfinite(tuned.test_score)
+        and {"majority", "knn3_raw"} <= set(margins)
+        and all(m > 0 for m in margins.values())
+    )
     return dg.AssetCheckResult(
         passed=passed,
         metadata={

@@ -1,4 +1,5 @@
-"""The digit classifier: three families, one estimator, its neighbour index (pure; the search spaces are in `search.py`).
+"""The digit classifier: three families, one estimator, its neighbour index
+(pure; the search spaces are in `search.py`).
 
 `DigitClassifier` is one scikit-learn estimator whatever the family, so it is logged with MLflow's
 sklearn flavour (skops, no pickle) and loaded back by `mlflow.sklearn.load_model`. It holds:
@@ -34,7 +35,15 @@ SEARCHED_FAMILIES = ("svc", "mlp", "nca_knn")
 HYPERPARAMETERS = ("svc_c", "svc_gamma", "mlp_hidden", "mlp_alpha", "nca_components", "knn_k")
 #: The shared facts' best plain model (SVC gamma=0.001 on raw 0..16 pixels = 0.256 on pixels/16),
 #: tried first so even a 4-trial search starts from a known-good point.
-KNOWN_GOOD = {"family": "svc", "svc_c": 10.0, "svc_gamma": 0.128, "mlp_hidden": 128, "mlp_alpha": 1e-3, "nca_components": 16, "knn_k": 3}
+KNOWN_GOOD = {
+    "family": "svc",
+    "svc_c": 10.0,
+    "svc_gamma": 0.128,
+    "mlp_hidden": 128,
+    "mlp_alpha": 1e-3,
+    "nca_components": 16,
+    "knn_k": 3,
+}
 
 #: Types skops must trust to load a DigitClassifier (besides scikit-learn's and NumPy's builtins).
 SKOPS_TRUSTED_TYPES: list[str] = [
@@ -94,10 +103,15 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
     def _head(self) -> Any:
         if self.family == "svc":
             # Temperature scaling keeps the SVC's own decision (argmax) and gives real probabilities.
-            return CalibratedClassifierCV(SVC(C=float(self.svc_c), gamma=float(self.svc_gamma)), ensemble=False, method="temperature")
+            return CalibratedClassifierCV(
+                SVC(C=float(self.svc_c), gamma=float(self.svc_gamma)), ensemble=False, method="temperature"
+            )
         if self.family == "mlp":
             return MLPClassifier(
-                hidden_layer_sizes=(int(self.mlp_hidden),), alpha=float(self.mlp_alpha), max_iter=300, random_state=self.seed
+                hidden_layer_sizes=(int(self.mlp_hidden),),
+                alpha=float(self.mlp_alpha),
+                max_iter=300,
+                random_state=self.seed,
             )
         # Brute force: ~1,350 points are searched as fast without a tree, and a KD/Ball tree's
         # internals would need more skops trust (NCA with few components picks a KD tree).
@@ -171,7 +185,9 @@ def baselines(train: LabelledDigits, test: LabelledDigits) -> Baselines:
     """Predicting the most frequent training digit, and plain kNN (k=3) on raw pixels."""
     majority = int(np.bincount(train.labels, minlength=len(CLASSES)).argmax())
     knn = KNeighborsClassifier(n_neighbors=3).fit(train.images, train.labels)
-    return Baselines(error_rate(np.full(len(test), majority), test.labels), error_rate(knn.predict(test.images), test.labels))
+    return Baselines(
+        error_rate(np.full(len(test), majority), test.labels), error_rate(knn.predict(test.images), test.labels)
+    )
 
 
 def _pixels(X: Any) -> np.ndarray:

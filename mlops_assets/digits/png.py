@@ -64,7 +64,9 @@ def check_size(width: int, height: int) -> None:
     if width < MIN_SIDE or height < MIN_SIDE:
         raise ImageError(f"the image is {width}x{height} pixels; a digit needs at least {MIN_SIDE}x{MIN_SIDE}")
     if width * height > MAX_PIXELS:
-        raise ImageError(f"the image declares {width}x{height} pixels, more than the limit of {MAX_PIXELS:,}; scale it down")
+        raise ImageError(
+            f"the image declares {width}x{height} pixels, more than the limit of {MAX_PIXELS:,}; scale it down"
+        )
 
 
 def decode_gray(data: bytes) -> np.ndarray:
@@ -78,7 +80,9 @@ def decode_gray(data: bytes) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
                 if image.size != (width, height):
-                    raise ImageError(f"the PNG header says {width}x{height} but the decoder sees {image.size[0]}x{image.size[1]}")
+                    raise ImageError(
+                        f"the PNG header says {width}x{height} but the decoder sees {image.size[0]}x{image.size[1]}"
+                    )
                 image.load()
                 if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                     rgba = image.convert("RGBA")
@@ -89,7 +93,14 @@ def decode_gray(data: bytes) -> np.ndarray:
                 return np.asarray(gray, dtype="float64")
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        zlib.error,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as error:
         raise ImageError(f"the PNG could not be decoded: {error}") from None
 
 
@@ -135,7 +146,9 @@ def _recentred(ink: np.ndarray) -> np.ndarray:
     top, left = _offset(side - height, side), _offset(side - width, side)
     square[top : top + height, left : left + width] = cropped
     # Pillow's BOX filter is area averaging, exact for fractional block sizes too.
-    return np.asarray(Image.fromarray(square.astype("float32"), mode="F").resize((SIDE, SIDE), Image.Resampling.BOX), dtype="float64")
+    return np.asarray(
+        Image.fromarray(square.astype("float32"), mode="F").resize((SIDE, SIDE), Image.Resampling.BOX), dtype="float64"
+    )
 
 
 def _offset(pad: int, side: int) -> int:
@@ -146,7 +159,7 @@ def _offset(pad: int, side: int) -> int:
     wide digit starts at column 2 in 127 of its 202 images, a 7-block one at column 1 in 135 of 146).
     """
     block = side / SIDE
-    return min(pad, int(round(int(pad / (2 * block) + 0.5) * block)))
+    return min(pad, round(int(pad / (2 * block) + 0.5) * block))
 
 
 def png_to_digit(data: bytes) -> np.ndarray:

@@ -19,13 +19,19 @@ def insurance_tuned_model_beats_baseline(insurance_tuned_model: TunedModel) -> d
     test_r2 = float(tuned.details["test_r2"])
     return dg.AssetCheckResult(
         passed=tuned.beats_baselines() and test_r2 > 0,
-        metadata={"test_mae": round(tuned.test_score, 1), "median_baseline": round(tuned.baselines["median"], 1), "test_r2": test_r2},
+        metadata={
+            "test_mae": round(tuned.test_score, 1),
+            "median_baseline": round(tuned.baselines["median"], 1),
+            "test_r2": test_r2,
+        },
     )
 
 
 def _champion_test_mae(context: dg.AssetCheckExecutionContext, model_uri: str) -> float:
     """The champion step's scoring, on the holdout it rebuilds from the warehouse."""
-    return insurance_test_mae(context.resources.registry, model_uri, insurance_holdout(context.resources.warehouse).test)
+    return insurance_test_mae(
+        context.resources.registry, model_uri, insurance_holdout(context.resources.warehouse).test
+    )
 
 
 insurance_champion_serves = champion_serves_check(

@@ -149,8 +149,8 @@ class PackedTrees:
         # Each tree as (nodes, is_leaf); padded trees are a single leaf of value 0.
         layout: list[tuple[np.ndarray | None, np.ndarray]] = []
         for trees in trees_per_booster:
-            for nodes in trees:
-                layout.append((nodes, nodes["is_leaf"].astype(bool)))
+            for tree_nodes in trees:
+                layout.append((tree_nodes, tree_nodes["is_leaf"].astype(bool)))
             layout.extend((None, np.ones(1, dtype=bool)) for _ in range(n_trees - len(trees)))
         n_internal = sum(int((~is_leaf).sum()) for _, is_leaf in layout)
         n_nodes = sum(len(is_leaf) for _, is_leaf in layout)
@@ -423,7 +423,11 @@ def _linear(estimator: Any) -> Transform | None:
 
     kind = type(estimator)
     plain_predict = kind.predict is LinearModel.predict or kind in (LinearRegression, Ridge, RidgeCV)
-    if not (isinstance(estimator, LinearModel) and plain_predict and kind._decision_function is LinearModel._decision_function):
+    if not (
+        isinstance(estimator, LinearModel)
+        and plain_predict
+        and kind._decision_function is LinearModel._decision_function
+    ):
         return None
     coef = getattr(estimator, "coef_", None)
     intercept = getattr(estimator, "intercept_", None)
@@ -558,7 +562,10 @@ def _one_hot(encoder: Any) -> Transform:
         if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in values):
             raise NotCompilable("OneHotEncoder with missing-value categories is not supported")
     drop = encoder.drop_idx_ if encoder.drop_idx_ is not None else [None] * len(categories)
-    kept = [np.array([k for k in range(len(c)) if dropped is None or k != dropped], dtype=np.intp) for c, dropped in zip(categories, drop, strict=True)]
+    kept = [
+        np.array([k for k in range(len(c)) if dropped is None or k != dropped], dtype=np.intp)
+        for c, dropped in zip(categories, drop, strict=True)
+    ]
     strict = encoder.handle_unknown == "error"
 
     def one_hot(block: np.ndarray) -> np.ndarray:

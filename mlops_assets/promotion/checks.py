@@ -103,7 +103,9 @@ def evaluate_champion(
 
     def failed(problem: str, **metadata: str | int | float | None) -> dg.AssetCheckResult:
         return dg.AssetCheckResult(
-            passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata={"problem": problem, "metric": metric, **metadata}
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"problem": problem, "metric": metric, **metadata},
         )
 
     champion = registry.champion(model_name)
@@ -112,13 +114,19 @@ def evaluate_champion(
     served_version = str(champion.version)
     record = latest_promotion_record(registry.client(), model_name, metric)
     promoted_version = record.champion_version if record else None
-    versions = {"champion_version": int(served_version), "promoted_version": int(promoted_version) if promoted_version else None}
+    versions = {
+        "champion_version": int(served_version),
+        "promoted_version": int(promoted_version) if promoted_version else None,
+    }
     if record is None or record.champion_score is None:
         return failed(f"no {metric} was recorded for {model_name}'s champion by a champion step", **versions)
     try:
         remeasured = score_serving_model()
     except Exception as error:  # the verdict of the check: what serving loads does not load or score
-        return failed(f"{model_name}@{CHAMPION_ALIAS} (v{served_version}) cannot be scored: {type(error).__name__}: {error}", **versions)
+        return failed(
+            f"{model_name}@{CHAMPION_ALIAS} (v{served_version}) cannot be scored: {type(error).__name__}: {error}",
+            **versions,
+        )
     after = registry.champion(model_name)
     if after is None or str(after.version) != served_version:
         moved_to = after.version if after is not None else "none"
@@ -135,4 +143,6 @@ def evaluate_champion(
             **versions,
             **scores,
         )
-    return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.ERROR, metadata={"metric": metric, **versions, **scores})
+    return dg.AssetCheckResult(
+        passed=True, severity=dg.AssetCheckSeverity.ERROR, metadata={"metric": metric, **versions, **scores}
+    )

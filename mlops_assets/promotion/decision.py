@@ -15,7 +15,9 @@ class PromotionDecision:
     baselines: dict[str, float]
 
 
-def decide_promotion(challenger_score: float, champion_score: float | None, baselines: dict[str, float]) -> PromotionDecision:
+def decide_promotion(
+    challenger_score: float, champion_score: float | None, baselines: dict[str, float]
+) -> PromotionDecision:
     """Promote only a finite challenger that beats every baseline and, if there is one, the champion.
 
     Both scores must come from the same holdout; ties keep the champion (a new version must earn

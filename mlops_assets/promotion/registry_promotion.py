@@ -33,7 +33,9 @@ class PromotionOutcome:
     champion_before: str | None
     champion_after: str | None
 
-    def metadata(self, registry: MlflowRegistry, challenger: Challenger, model_name: str, metric: str) -> dict[str, Any]:
+    def metadata(
+        self, registry: MlflowRegistry, challenger: Challenger, model_name: str, metric: str
+    ) -> dict[str, Any]:
         """What the Dagster UI shows for the promotion step."""
         decision = self.decision
         return {
@@ -44,7 +46,9 @@ class PromotionOutcome:
             "champion_version_before": int(self.champion_before) if self.champion_before else None,
             "champion_version": int(self.champion_after) if self.champion_after else None,
             f"challenger_{metric}": round(decision.challenger_score, 4),
-            f"champion_{metric}_same_holdout": round(decision.champion_score, 4) if decision.champion_score is not None else None,
+            f"champion_{metric}_same_holdout": round(decision.champion_score, 4)
+            if decision.champion_score is not None
+            else None,
             **{f"baseline_{name}": round(score, 4) for name, score in decision.baselines.items()},
             "mlflow_run": dg.MetadataValue.url(registry.run_url(challenger.experiment_id, challenger.run_id)),
             "model_uri": f"models:/{model_name}@{CHAMPION_ALIAS}",
@@ -138,5 +142,10 @@ def promote_tuned_model(
     )
     context.log.info(f"{model_name} v{outcome.registered_version}: {outcome.decision.reason}")
     metadata = outcome.metadata(registry, challenger, model_name, tuned.metric)
-    metadata.update({key: dg.MetadataValue.json(value) if isinstance(value, list | dict) else value for key, value in tuned.details.items()})
+    metadata.update(
+        {
+            key: dg.MetadataValue.json(value) if isinstance(value, list | dict) else value
+            for key, value in tuned.details.items()
+        }
+    )
     return outcome, metadata

@@ -52,15 +52,20 @@ class MlflowTunedModelIOManager(dg.ConfigurableIOManager):
         """The newest tuned model stored for `asset`, whichever run or machine stored it."""
         client = self.registry.client()
         experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-        runs = client.search_runs(
-            experiments,
-            filter_string=f"tags.`{ASSET_TAG}` = '{asset}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        ) if experiments else []
+        runs = (
+            client.search_runs(
+                experiments,
+                filter_string=f"tags.`{ASSET_TAG}` = '{asset}' and attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if experiments
+            else []
+        )
         if not runs:
             raise TunedModelNotFound(
-                f"no finished search has stored {asset} in MLflow at {self.registry.tracking_uri}: materialize {asset} first"
+                f"no finished search has stored {asset} in MLflow at {self.registry.tracking_uri}: "
+                f"materialize {asset} first"
             )
         with tempfile.TemporaryDirectory(prefix="tuned-model-") as folder:
             path = client.download_artifacts(runs[0].info.run_id, ARTIFACT, folder)

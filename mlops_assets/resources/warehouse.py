@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import dagster as dg
 import numpy as np
@@ -18,7 +19,6 @@ from pydantic import Field, PrivateAttr
 
 from mlops_assets.atmos.observations import COLUMNS, QC_COLUMNS, VARIABLES, conform
 from mlops_assets.warehouse_url import DEFAULT_WAREHOUSE_URL, normalize_url
-
 
 metadata = sa.MetaData()
 
@@ -126,13 +126,14 @@ class WarehouseResource(dg.ConfigurableResource):
         table = atmos_features
         query = sa.select(table).where(table.c.station == station).order_by(table.c.time)
         with self.engine.connect() as connection:
-            frame = pd.DataFrame(connection.execute(query).mappings().all(), columns=[str(c.name) for c in table.columns])
+            frame = pd.DataFrame(
+                connection.execute(query).mappings().all(), columns=[str(c.name) for c in table.columns]
+            )
         frame["time"] = _as_utc(frame["time"])
         for name in VARIABLES:
             frame[name] = pd.to_numeric(frame[name]).astype("float64")
         frame["interpolated"] = frame["interpolated"].astype(bool)
         return frame
-
 
     def replace_policies(self, source: str, frame: pd.DataFrame) -> int:
         """Atomically replace every row loaded earlier from `source` (a file path) with `frame`."""
@@ -145,7 +146,9 @@ class WarehouseResource(dg.ConfigurableResource):
         table = insurance_policies
         query = sa.select(table).order_by(table.c.source, table.c.line)
         with self.engine.connect() as connection:
-            return pd.DataFrame(connection.execute(query).mappings().all(), columns=[str(c.name) for c in table.columns])
+            return pd.DataFrame(
+                connection.execute(query).mappings().all(), columns=[str(c.name) for c in table.columns]
+            )
 
 
 def _as_utc(values: pd.Series) -> pd.Series:
@@ -156,9 +159,10 @@ def _as_utc(values: pd.Series) -> pd.Series:
     return times.dt.tz_convert("UTC")
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, object]]:
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as plain Python values (None for missing, datetime, int, float) every DB driver accepts."""
-    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    # Every caller selects string-named columns; pandas types record keys as Hashable.
+    rows = cast(list[dict[str, Any]], frame.astype(object).mask(frame.isna(), None).to_dict(orient="records"))
     for row in rows:
         for key, value in row.items():
             if isinstance(value, pd.Timestamp):

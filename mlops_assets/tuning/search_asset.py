@@ -11,7 +11,9 @@ from mlops_assets.constants import SEARCH_POOL
 from mlops_assets.resources.tuned_model_store import TUNED_MODEL_IO_MANAGER
 
 
-def search_asset(*, group_name: str, deps: Sequence[Any], owners: list[str], description: str) -> Callable[..., dg.AssetsDefinition]:
+def search_asset(
+    *, group_name: str, deps: Sequence[Any], owners: list[str], description: str
+) -> Callable[..., dg.AssetsDefinition]:
     """`@dg.asset` for a Ray Tune search: output kept in MLflow, one search at a time, eager automation.
 
     The output (a `TunedModel`) goes to the search's MLflow run, so the champion step can run in

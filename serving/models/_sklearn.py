@@ -50,7 +50,9 @@ def predictor(estimator: Any, n_features: int) -> tuple[Predict, str]:
         worst = max(parity_report(estimator, compiled, rows)["max_abs_diff"] for rows in (probe[:1], probe))
         if worst <= COMPILED_TOLERANCE:
             return compiled, "compiled"
-        log.warning("compiled %s differs from predict by %g on probe rows: using predict", type(estimator).__name__, worst)
+        log.warning(
+            "compiled %s differs from predict by %g on probe rows: using predict", type(estimator).__name__, worst
+        )
     return estimator.predict, "predict"
 
 

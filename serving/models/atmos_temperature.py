@@ -18,9 +18,9 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from mlops_assets.constants import ATMOS_MODEL_NAME
 from mlops_assets.atmos.forecast_features import HORIZON_HOURS, INPUT_HOURS, FeatureSpec, feature_row
 from mlops_assets.atmos.model_io import load_forecaster
+from mlops_assets.constants import ATMOS_MODEL_NAME
 from serving.errors import InvalidInput
 from serving.models import ModelModule, ModelRef
 from serving.models._sklearn import Predict, predictor
@@ -113,12 +113,12 @@ def complete(body: list[float] | AtmosTemperatureRequest, now: dt.datetime | Non
     if isinstance(body, list):
         return Window(body, latest_whole_hour(now), None, bare=True)
     last = body.last_observed_at
-    last = latest_whole_hour(now) if last is None else last.astimezone(dt.timezone.utc)
+    last = latest_whole_hour(now) if last is None else last.astimezone(dt.UTC)
     return Window(body.time_series, last, body.covariates, bare=False)
 
 
 def latest_whole_hour(now: dt.datetime | None = None) -> dt.datetime:
-    now = dt.datetime.now(dt.timezone.utc) if now is None else now.astimezone(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC) if now is None else now.astimezone(dt.UTC)
     return now.replace(minute=0, second=0, microsecond=0)
 
 
