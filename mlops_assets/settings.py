@@ -13,9 +13,10 @@ from typing import Any, Literal, get_args
 
 import dagster as dg
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from mlops_assets.constants import DEFAULT_TRACKING_URI
+from mlops_assets.environment_settings import EnvironmentSettings
 from mlops_assets.warehouse_url import DEFAULT_WAREHOUSE_URL
 
 AtmosSource = Literal["sample", "csv", "kma"]
@@ -24,7 +25,7 @@ ATMOS_SOURCES: tuple[str, ...] = get_args(AtmosSource)
 DEFAULT_STATIONS: dict[str, str] = {"sample": "JFK", "csv": "csv", "kma": "108"}
 
 
-class PipelineSettings(BaseSettings):
+class PipelineSettings(EnvironmentSettings):
     """Everything the pipeline reads from the environment; unset (or empty) variables keep the defaults."""
 
     model_config = SettingsConfigDict(env_ignore_empty=True, frozen=True, validate_by_name=True, validate_by_alias=True)
@@ -57,18 +58,6 @@ class PipelineSettings(BaseSettings):
         }
         # Fields set but not given as arguments came from the environment (empty variables are ignored).
         self._from_environment = frozenset(self.model_fields_set - given)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Arguments, then the environment: no .env or secrets directory read behind the operator's back."""
-        return (init_settings, env_settings)
 
     @field_validator("atmos_source", mode="before")
     @classmethod

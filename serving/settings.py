@@ -12,7 +12,7 @@ import os
 from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from mlops_assets.constants import (
     ATMOS_MODEL_NAME,
@@ -21,6 +21,7 @@ from mlops_assets.constants import (
     DIGITS_MODEL_NAME,
     INSURANCE_MODEL_NAME,
 )
+from mlops_assets.environment_settings import EnvironmentSettings
 from mlops_assets.warehouse_url import DEFAULT_WAREHOUSE_URL
 from serving.prediction_log import prediction_log_enabled
 
@@ -41,7 +42,7 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0))
 
 
-class ServingSettings(BaseSettings):
+class ServingSettings(EnvironmentSettings):
     """Everything the service needs to know, validated on construction."""
 
     model_config = SettingsConfigDict(env_ignore_empty=True, frozen=True, validate_by_name=True, validate_by_alias=True)
@@ -84,18 +85,6 @@ class ServingSettings(BaseSettings):
     def from_env(cls) -> ServingSettings:
         """Settings from the environment alone (what `create_app()` and the CLIs call); bad values raise."""
         return cls()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Arguments, then the environment: no .env or secrets directory read behind the operator's back."""
-        return (init_settings, env_settings)
 
     @field_validator("api_token")
     @classmethod

@@ -113,7 +113,7 @@ def fluent_mlflow_at(uri: str) -> Iterator[None]:
     """MLflow's fluent API (start_run, log_model, register_model) on `uri` for one block, then unset.
 
     Both URIs, and their variables restored afterwards: a pipeline step run earlier in the session
-    (`MlflowRegistry.activate`) may have left a process-wide registry URI (and MLFLOW_REGISTRY_URI)
+    (Ray's MLflowLoggerCallback, in the driver) may have left a process-wide registry URI (and MLFLOW_REGISTRY_URI)
     behind, and `register_model` would follow it into that step's store.
     """
     import mlflow
