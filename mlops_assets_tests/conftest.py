@@ -24,26 +24,31 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
+#: The configuration variables of the pipeline and the service a test must not inherit from the shell
+#: (cleared in-process below; subprocess tests leave them out of the child's environment).
+PIPELINE_VARIABLES = (
+    "ATMOS_SOURCE",
+    "ATMOS_STATION",
+    "ATMOS_CSV_PATH",
+    "ATMOS_TIMEZONE",
+    "ATMOS_CSV_COLUMNS",
+    "TUNING_NUM_SAMPLES",
+    "DIGITS_DATA_PATH",
+    "ALERT_WEBHOOK_URL",
+    "KMA_SERVICE_KEY",
+    "KMA_ASOS_ENDPOINT",
+    "WAREHOUSE_URL",
+    "MLFLOW_TRACKING_URI",
+    "RAY_ADDRESS",
+    "DAGSTER_HOME",
+    "INSURANCE_CSV_PATH",
+)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Every test starts from the embedded defaults in its own folder, whatever the shell exported."""
-    for name in (
-        "ATMOS_SOURCE",
-        "ATMOS_STATION",
-        "ATMOS_CSV_PATH",
-        "ATMOS_TIMEZONE",
-        "ATMOS_CSV_COLUMNS",
-        "TUNING_NUM_SAMPLES",
-        "DIGITS_DATA_PATH",
-        "ALERT_WEBHOOK_URL",
-        "KMA_SERVICE_KEY",
-        "KMA_ASOS_ENDPOINT",
-        "WAREHOUSE_URL",
-        "MLFLOW_TRACKING_URI",
-        "RAY_ADDRESS",
-        "DAGSTER_HOME",
-        "INSURANCE_CSV_PATH",
-    ):
+    for name in PIPELINE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
 

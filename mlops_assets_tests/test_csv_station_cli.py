@@ -18,24 +18,12 @@ import pandas as pd
 import pytest
 
 from mlops_assets.resources.warehouse import WarehouseResource
+from mlops_assets_tests.conftest import PIPELINE_VARIABLES
 
 CLI = Path(sys.executable).parent / "mlops-assets"
 HOUR = dt.timedelta(hours=1)
 #: Variables the conftest clears in-process; a subprocess gets a clean copy of the environment too.
-_CLEARED = (
-    "ATMOS_SOURCE",
-    "ATMOS_STATION",
-    "ATMOS_CSV_PATH",
-    "ATMOS_TIMEZONE",
-    "ATMOS_CSV_COLUMNS",
-    "KMA_SERVICE_KEY",
-    "KMA_ASOS_ENDPOINT",
-    "WAREHOUSE_URL",
-    "MLFLOW_TRACKING_URI",
-    "RAY_ADDRESS",
-    "DAGSTER_HOME",
-    "INSURANCE_CSV_PATH",
-)
+_CLEARED = PIPELINE_VARIABLES
 
 
 def run_cli(tmp_path: Path, csv_path: Path, start: str, end: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -21,25 +21,11 @@ import pytest
 import requests
 
 from mlops_assets.atmos.source import load_sample_observations
+from mlops_assets_tests.conftest import PIPELINE_VARIABLES
 
 CLI = Path(sys.executable).parent / "mlops-assets"
 ZONE = "America/New_York"
-_CLEARED = (
-    "ATMOS_SOURCE",
-    "ATMOS_STATION",
-    "ATMOS_CSV_PATH",
-    "ATMOS_TIMEZONE",
-    "ATMOS_CSV_COLUMNS",
-    "KMA_SERVICE_KEY",
-    "KMA_ASOS_ENDPOINT",
-    "WAREHOUSE_URL",
-    "MLFLOW_TRACKING_URI",
-    "RAY_ADDRESS",
-    "DAGSTER_HOME",
-    "INSURANCE_CSV_PATH",
-    "SERVING_MODELS",
-    "TUNING_NUM_SAMPLES",
-)
+_CLEARED = (*PIPELINE_VARIABLES, "SERVING_MODELS")
 
 
 def _station_export(path: Path) -> pd.DataFrame:
