@@ -19,12 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
-import hmac
-import json
-import math
 import re
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,10 +37,11 @@ from litestar.openapi.spec import Components, Example, OpenAPIMediaType, Operati
 
 from serving.batching import Batcher, BatchSettings
 from serving.cache import MlflowResolver, ModelCache, ModelSlot
-from serving.errors import EXCEPTION_HANDLERS, ErrorBody, InvalidInput, MalformedBody, Unauthorized
+from serving.errors import EXCEPTION_HANDLERS, ErrorBody, Unauthorized
 from serving.metrics import MetricsMiddleware, ServingMetrics
-from serving.models import ModelModule, get_module
-from serving.prediction_log import REQUEST_ID_HEADER, PredictionLog, served_record
+from serving.models import get_module
+from serving.predict_route import DirectPredictRoutes, PredictRoute, bearer_token_matches, token_digest
+from serving.prediction_log import REQUEST_ID_HEADER, PredictionLog
 from serving.settings import ServingSettings
 
 _BEARER = "BearerToken"
@@ -117,9 +113,8 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
             metrics.close()
 
     components = Components()
-    predict_handlers = [
-        _predict_handler(m, cache.slots[m.name], batchers[m.name], settings, prediction_log) for m in modules
-    ]
+    routes = [PredictRoute(m, cache.slots[m.name], batchers[m.name], prediction_log) for m in modules]
+    predict_handlers = [_predict_handler(route, settings) for route in routes]
     if settings.api_token is not None:
         components.security_schemes = {
             _BEARER: SecurityScheme(type="http", scheme="bearer", description="SERVING_API_TOKEN")
@@ -139,43 +134,24 @@ def create_app(settings: ServingSettings | None = None) -> Litestar:
         ),
         state=State({"settings": settings, "cache": cache, "metrics": metrics}),
     )
-    app.asgi_handler = MetricsMiddleware(app.asgi_handler, metrics)
+    direct = DirectPredictRoutes(app.asgi_handler, routes, settings.max_body_bytes, settings.api_token)
+    app.asgi_handler = MetricsMiddleware(direct, metrics)
     return app
 
 
-def _predict_handler(
-    module: ModelModule[Any, Any, Any, Any],
-    slot: ModelSlot,
-    batcher: Batcher,
-    settings: ServingSettings,
-    prediction_log: PredictionLog | None = None,
-) -> HTTPRouteHandler:
-    decoder = msgspec.json.Decoder(module.request_type)
-    encode = msgspec.json.Encoder().encode
-    build_input, shape_response, submit = module.build_input, module.shape_response, batcher.submit
-    complete, uses_request, decode_other = module.complete, module.response_uses_request, module.decode_body
+def _predict_handler(predict_route: PredictRoute, settings: ServingSettings) -> HTTPRouteHandler:
+    """The Litestar route of one model: its OpenAPI operation, guard and errors, around `route.answer`.
+
+    A well-formed request is normally answered by `DirectPredictRoutes` before Litestar routes it;
+    this handler answers what that path hands over, and documents the route.
+    """
+    module = predict_route.module
 
     async def handler(request: Request[Any, Any, Any]) -> Response[Any]:
         received_at = dt.datetime.now(dt.UTC)
         body = await request.body()  # Litestar answers 413 past request_max_body_size
-        content_type = request.headers.get("content-type", "")
-        if decode_other is not None and content_type.split(";")[0].strip().lower().startswith("image/"):
-            payload = decode_other(body, content_type)  # e.g. a PNG body for the digits route
-        else:
-            payload = _decode(decoder, body)
-        if complete is not None:
-            payload = complete(payload)
-        loaded = await slot.get()  # one read: this request finishes on this version
-        output = await submit(loaded, build_input(loaded.artifact, payload))  # micro-batched
-        answer = shape_response(output, loaded.ref, payload) if uses_request else shape_response(output, loaded.ref)
-        request_id = uuid.uuid4().hex
-        if prediction_log is not None and (
-            record := served_record(module.name, request_id, payload, answer, received_at)
-        ):
-            prediction_log.enqueue(record)  # never blocks, never raises; drops are counted
-        return Response(
-            encode(answer), status_code=200, media_type=MediaType.JSON, headers={REQUEST_ID_HEADER: request_id}
-        )
+        content, request_id = await predict_route.answer(body, request.headers.get("content-type", ""), received_at)
+        return Response(content, status_code=200, media_type=MediaType.JSON, headers={REQUEST_ID_HEADER: request_id})
 
     # Annotations drive Litestar's docs; the body is decoded by hand (strict msgspec, our errors).
     handler.__annotations__ = {"request": Request, "return": Response[module.response_type]}  # type: ignore[name-defined]
@@ -193,7 +169,7 @@ def _predict_handler(
             ),
             **(
                 {"image/png": OpenAPIMediaType(schema={"type": "string", "format": "binary"})}  # type: ignore[arg-type]
-                if decode_other is not None
+                if module.decode_body is not None
                 else {}
             ),
         },
@@ -261,65 +237,14 @@ class _PredictOperation(Operation):
         self.request_body = type(self).body  # type: ignore[attr-defined]
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        message, field = _split_path(str(exc))
-        raise InvalidInput(message, field) from None
-    except msgspec.DecodeError as exc:
-        raise _undecodable(body, exc) from None
-
-
-def _split_path(message: str) -> tuple[str, str]:
-    """msgspec's "Expected `float` - at `$[3]`" -> ("Expected `float`", "$[3]")."""
-    field = "$"
-    if (at := _AT_PATH.match(message)) is not None:
-        message, field = at["msg"], at["path"]
-    if (missing := _MISSING_FIELD.match(message)) is not None:
-        field = f"{field}.{missing['field']}"
-    return message, field
-
-
-def _undecodable(body: bytes, exc: msgspec.DecodeError) -> Exception:
-    """Tell NaN/Infinity (JSON has neither; Python's json writes them) from broken JSON."""
-    if not body.strip():
-        return MalformedBody("the request body is empty: send JSON")
-    try:
-        lenient = json.loads(body)
-    except (ValueError, RecursionError):
-        return MalformedBody(f"the request body is not valid JSON: {exc}")
-    path = _first_non_finite(lenient, "$")
-    if path is not None:
-        return InvalidInput("NaN and Infinity are not JSON numbers: send finite numbers", path)
-    return MalformedBody(f"the request body is not valid JSON: {exc}")
-
-
-def _first_non_finite(value: Any, path: str) -> str | None:
-    if isinstance(value, float) and not math.isfinite(value):
-        return path
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            if (found := _first_non_finite(item, f"{path}[{i}]")) is not None:
-                return found
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if (found := _first_non_finite(item, f"{path}.{key}")) is not None:
-                return found
-    return None
-
-
 def _bearer_guard(token: str) -> Any:
-    # Compare digests: constant time, and equal length whatever the caller sends.
-    expected = hashlib.sha256(token.encode()).digest()
+    expected = token_digest(token)
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         header = connection.headers.get("authorization")
         if header is None:
             raise Unauthorized("this endpoint needs the header `Authorization: Bearer <token>`")
-        scheme, _space, given = header.partition(" ")
-        digest = hashlib.sha256(given.strip().encode("utf-8", "surrogateescape")).digest()
-        if not (hmac.compare_digest(digest, expected) and scheme.lower() == "bearer"):
+        if not bearer_token_matches(header, expected):
             raise Unauthorized("invalid bearer token")
 
     return guard

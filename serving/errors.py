@@ -111,35 +111,44 @@ _LITESTAR_KINDS = {
 }
 
 
-def _json(body: ErrorBody, headers: dict[str, str] | None = None) -> Response[bytes]:
-    return Response(
-        content=msgspec.json.encode(body),
-        status_code=body.status_code,
-        media_type="application/json",
-        headers=headers,
-    )
+def error_response(exc: Exception) -> tuple[int, bytes, dict[str, str]]:
+    """Status, JSON body and extra headers for any exception: the one mapping, used by Litestar's
+    handlers below and by the direct predict route (`serving.predict_route`). Logging unexpected
+    exceptions (with the request) is the caller's job."""
+    if isinstance(exc, ServingError):
+        body = ErrorBody(exc.status_code, exc.error, exc.detail, exc.field, exc.model)
+        return exc.status_code, msgspec.json.encode(body), exc.headers
+    if isinstance(exc, HTTPException):  # Litestar's own errors (routing, body limit) in our shape
+        status = exc.status_code
+        if status >= 500:
+            log.error("server error %s: %s", status, exc.detail, exc_info=exc)
+        kind = _LITESTAR_KINDS.get(status, "client_error" if status < 500 else "server_error")
+        detail = exc.detail or kind.replace("_", " ")
+        if status == 413:
+            detail = "request body is larger than the limit"
+        return status, msgspec.json.encode(ErrorBody(status, kind, detail)), dict(exc.headers or {})
+    # A bug: answer 500 naming the exception type, leaking nothing else.
+    body = ErrorBody(500, "internal_error", f"internal error ({type(exc).__name__}); see the server log")
+    return 500, msgspec.json.encode(body), {}
+
+
+def _response(exc: Exception) -> Response[bytes]:
+    status, content, headers = error_response(exc)
+    return Response(content=content, status_code=status, media_type="application/json", headers=headers)
 
 
 def serving_error_handler(_: Request[Any, Any, Any], exc: ServingError) -> Response[bytes]:
-    return _json(ErrorBody(exc.status_code, exc.error, exc.detail, exc.field, exc.model), exc.headers)
+    return _response(exc)
 
 
 def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    """Litestar's own errors (routing, body limit) in our shape."""
-    status = exc.status_code
-    if status >= 500:
-        log.error("server error %s: %s", status, exc.detail, exc_info=exc)
-    kind = _LITESTAR_KINDS.get(status, "client_error" if status < 500 else "server_error")
-    detail = exc.detail or kind.replace("_", " ")
-    if status == 413:
-        detail = "request body is larger than the limit"
-    return _json(ErrorBody(status, kind, detail), dict(exc.headers or {}))
+    return _response(exc)
 
 
 def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """A bug: log it loudly with the traceback, answer 500 without leaking internals."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _json(ErrorBody(500, "internal_error", f"internal error ({type(exc).__name__}); see the server log"))
+    return _response(exc)
 
 
 #: The single place exceptions become HTTP statuses (handed to `Litestar(exception_handlers=...)`).
