@@ -329,6 +329,25 @@ def test_feature_row_puts_each_request_part_where_the_spec_names_it() -> None:
         LAYOUT_SPEC.covariate_slice("ws")
 
 
+def test_one_row_features_equal_the_training_matrix_rows_also_when_remembered() -> None:
+    """The service's one-row inputs (calendar terms remembered per hour) are the training rows, bit for bit."""
+    temperatures, covariates = layout_request()
+    last_hours = epoch_hours(LAST_OBSERVED_AT) + np.arange(0.0, 300.0, 1.0)
+    matrix = feature_matrix(
+        LAYOUT_SPEC,
+        np.tile(temperatures, (len(last_hours), 1)),
+        last_hours,
+        {name: np.tile(values, (len(last_hours), 1)) for name, values in covariates.items()},
+    )
+    for _ in range(2):  # the second pass reads the remembered terms
+        for i, hours in enumerate(last_hours):
+            when = dt.datetime.fromtimestamp(hours * 3600.0, tz=dt.UTC)
+            np.testing.assert_array_equal(feature_row(LAYOUT_SPEC, temperatures, when, covariates)[0], matrix[i])
+    row = feature_row(LAYOUT_SPEC, temperatures, LAST_OBSERVED_AT, covariates)
+    row[0, LAYOUT_SPEC.calendar_slice] = 0.0  # the caller's copy: the remembered terms stay as they were
+    np.testing.assert_array_equal(feature_row(LAYOUT_SPEC, temperatures, LAST_OBSERVED_AT, covariates)[0], matrix[0])
+
+
 def test_each_estimator_reads_the_columns_the_spec_names() -> None:
     """Expected values come from the request itself, not from the spec: an independent check."""
     requests = [layout_request(offset) for offset in (0.0, 5.0, -4.0)]

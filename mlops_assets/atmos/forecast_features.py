@@ -14,6 +14,7 @@ counting columns themselves.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +122,15 @@ def calendar_terms(epoch_hours: np.ndarray) -> np.ndarray:
     return np.column_stack([np.sin(day_angle), np.cos(day_angle), np.sin(year_angle), np.cos(year_angle)])
 
 
+@functools.lru_cache(maxsize=512)
+def _one_hour_calendar_terms(epoch_hours: float) -> np.ndarray:
+    """`calendar_terms` of one hour, remembered: the service's requests mostly end at the same hour,
+    and the four trigonometric terms were two thirds of building a one-row input (6 of 10 us)."""
+    terms = calendar_terms(np.array([epoch_hours]))
+    terms.flags.writeable = False
+    return terms
+
+
 def feature_matrix(
     spec: FeatureSpec,
     temperatures: np.ndarray,
@@ -142,7 +152,11 @@ def feature_matrix(
     if spec.calendar:
         if last_epoch_hours is None:
             raise ValueError("this model needs the time of the last observation")
-        matrix[:, spec.calendar_slice] = calendar_terms(last_epoch_hours)
+        hours = np.asarray(last_epoch_hours, dtype="float64")
+        one_hour = hours.shape == (1,)
+        matrix[:, spec.calendar_slice] = (
+            _one_hour_calendar_terms(float(hours[0])) if one_hour else calendar_terms(hours)
+        )
     for name in spec.covariates:
         if covariates is None or name not in covariates:
             raise ValueError(f"this model needs the covariate {name!r}")
