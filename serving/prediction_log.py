@@ -1,11 +1,15 @@
 """Writes every answered forecast to the warehouse table `served_forecasts`, off the request path.
 
-Each worker owns one `PredictionLog`: `enqueue` puts the record on a bounded in-memory queue and
-returns at once; one background task gathers what is queued (up to `batch_size` rows or `flush_seconds`), encodes it
-and inserts it in a thread (COPY on PostgreSQL, one executemany elsewhere), so the event loop never
-waits for the database. While the warehouse is up nothing is lost; while it is down or slow, the
-oldest batch is retried with backoff, the queue fills and further records are dropped and counted in
-`serving_prediction_log_dropped_total{reason=...}`: a request is never slowed or failed by its log.
+Each worker owns one `PredictionLog`. `enqueue` encodes the record at once into the item its
+`ServedWriter` inserts (a COPY line on PostgreSQL, a row of SQLite parameters) and appends it to a
+bounded in-memory list: a few microseconds on the request path, once per record, and nothing per row
+left for later. One background task takes what is queued (up to `batch_size` rows, after gathering
+for `flush_seconds`) with one slice and inserts it in a thread, so the event loop never waits for the
+database and never runs per-row work in the writer task (encoding there, in chunks between yields,
+stalled the loop for ~1 ms per chunk). While the warehouse is up nothing is lost; while it is down or
+slow, the oldest batch is retried with backoff, the queue fills and further records are dropped and
+counted in `serving_prediction_log_dropped_total{reason=...}`, as are records that cannot be stored
+(`rejected`: e.g. a NaN): a request is never slowed or failed by its log.
 
 Wiring (in `serving.app.create_app`; the switch `SERVING_PREDICTION_LOG=off` belongs to the caller's
 settings, which then simply do not build a `PredictionLog`):
@@ -24,7 +28,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,8 +52,8 @@ REQUEST_ID_HEADER = "X-Request-ID"
 LOGGED_MODELS = frozenset({"atmos_temperature"})
 
 DROP_REASONS = ("queue_full", "rejected", "shutdown", "closed")
-#: Records encoded between two yields to the event loop (~5 us each).
-ENCODE_CHUNK = 64
+#: Written rows freed between two yields to the event loop.
+RELEASE_CHUNK = 256
 
 
 def prediction_log_enabled(value: str | None) -> bool:
@@ -67,6 +71,7 @@ def served_record(
 
     `window` is the completed request (`serving.models.atmos_temperature.Window`: its
     `last_observed_at` is the resolved UTC hour), `answer` the response (`result`, `model.version`).
+    The record keeps references to both (no copy); `PredictionLog.enqueue` encodes it.
     """
     if model_name not in LOGGED_MODELS:
         return None
@@ -80,9 +85,6 @@ def served_record(
         inputs=window.time_series,
         covariates=window.covariates,
     )
-
-
-_STOP = object()
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
@@ -127,7 +129,8 @@ class PredictionLog:
         self.dropped = Counter(
             "serving_prediction_log_dropped",
             "Served forecasts not written to the warehouse, by reason (queue_full: warehouse down or slow; "
-            "rejected: the database refused the row; shutdown: unwritten at worker exit; closed: logged after exit)",
+            "rejected: the row cannot be stored (e.g. NaN) or the database refused it; "
+            "shutdown: unwritten at worker exit; closed: logged after exit)",
             ["reason"],
             registry=registry,
         )
@@ -144,12 +147,17 @@ class PredictionLog:
         )
         for reason in DROP_REASONS:
             self.dropped.labels(reason)
-        # Unbounded asyncio queue with our own bound, so the stop sentinel always fits.
-        self._queue: asyncio.Queue[Any] | None = None
+        self._dropped_closed = self.dropped.labels("closed")
+        self._dropped_queue_full = self.dropped.labels("queue_full")
+        self._dropped_rejected = self.dropped.labels("rejected")
+        #: Encoded records waiting for the writer; a list, so the writer takes a batch with one slice.
+        self._pending: list[Any] = []
+        self._wakeup = asyncio.Event()  # set by enqueue and close: the writer has something to do
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._engine: sa.Engine | None = None
         self._writer: ServedWriter | None = None
+        self._encode: Callable[[ServedForecast], Any] | None = None
         self._tables_ready = False
         self._inflight: list[Any] = []
         self._closed = False
@@ -158,19 +166,26 @@ class PredictionLog:
     # -- request path -------------------------------------------------------------------------
 
     def enqueue(self, record: ServedForecast) -> bool:
-        """Queue one record; never blocks, never raises. False when it was dropped (and counted)."""
-        if self._closed or self._queue is None:
-            self.dropped.labels("closed").inc()
+        """Encode and queue one record; never blocks, never raises. False when it was dropped (and counted)."""
+        if self._closed or self._encode is None:
+            self._dropped_closed.inc()
             return False
-        if self._queue.qsize() >= self.max_queue:
-            self.dropped.labels("queue_full").inc()
+        if len(self._pending) >= self.max_queue:
+            self._dropped_queue_full.inc()
             return False
-        self._queue.put_nowait(record)  # serialised later, in the writer's thread
+        try:
+            item = self._encode(record)
+        except Exception as error:  # e.g. a NaN: the request must not fail for its log; counted and logged
+            log.warning("prediction log: record %s rejected: %s", getattr(record, "request_id", "?"), error)
+            self._dropped_rejected.inc()
+            return False
+        self._pending.append(item)
+        self._wakeup.set()
         return True
 
     @property
     def queued(self) -> int:
-        return 0 if self._queue is None else self._queue.qsize()
+        return len(self._pending)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -178,20 +193,20 @@ class PredictionLog:
         """Start the writer task on the running loop (call once per worker)."""
         if self._task is not None:
             raise RuntimeError("PredictionLog already started")
-        self._queue = asyncio.Queue()
         self._engine = create_warehouse_engine(self.url, self._connect_timeout)
         self._writer = ServedWriter(self._engine)
+        self._encode = self._writer.encode
         self._task = asyncio.create_task(self._run(), name="prediction-log-writer")
         self._task.add_done_callback(_report_crash)
 
     async def close(self) -> None:
         """Flush what is queued (for at most `shutdown_seconds`), then stop; the rest is counted as dropped."""
-        if self._task is None or self._queue is None or self._closed:
+        if self._task is None or self._closed:
             self._closed = True
             return
         self._closed = True
-        self._queue.put_nowait(_STOP)
-        self._closing.set()  # a writer gathering a batch writes it now
+        self._closing.set()  # a writer gathering a batch writes it now, then the rest, then returns
+        self._wakeup.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout=self.shutdown_seconds)
         except TimeoutError:
@@ -199,11 +214,12 @@ class PredictionLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         finally:
-            lost = len(self._inflight) + sum(1 for item in self._drain() if item is not _STOP)
+            lost = len(self._inflight) + len(self._pending)
             if lost:
                 log.warning("prediction log: %d served forecasts unwritten at shutdown (%s)", lost, self.last_error)
                 self.dropped.labels("shutdown").inc(lost)
             self._inflight = []
+            self._pending = []
             if self._engine is not None:
                 await asyncio.to_thread(self._engine.dispose)
 
@@ -218,58 +234,46 @@ class PredictionLog:
 
     # -- writer -------------------------------------------------------------------------------
 
-    def _drain(self) -> list[Any]:
-        items = []
-        assert self._queue is not None
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except asyncio.QueueEmpty:
-                return items
-
     async def _run(self) -> None:
-        assert self._queue is not None
-        while True:
-            first = await self._queue.get()
-            if first is _STOP:
-                return
-            if self._queue.qsize() < self.batch_size - 1 and not self._closing.is_set():
+        while self._pending or not self._closing.is_set():
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if len(self._pending) < self.batch_size and not self._closing.is_set():
                 # Gather: one transaction per `flush_seconds` instead of one per request or two.
                 # Per-batch costs (a thread hop, a commit and its fsync) dominated a row's.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), self.flush_seconds)
-            batch = [first]
-            stop = False
-            while len(batch) < self.batch_size:
-                try:
-                    item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
+            if len(self._pending) <= self.batch_size:
+                batch, self._pending = self._pending, []
+            else:
+                batch = self._pending[: self.batch_size]
+                del self._pending[: self.batch_size]
             self._inflight = batch
-            rows = await self._rows(batch)
-            self._inflight = rows
-            await self._write_with_retries(rows)
+            await self._write_with_retries(batch)
             self._inflight = []
-            if stop:
-                return
+            # Freed a few hundred at a time: freeing thousands of rows at once stalled the event loop ~1 ms.
+            while batch:
+                del batch[-RELEASE_CHUNK:]
+                await asyncio.sleep(0)
 
     async def _write_with_retries(self, batch: list[Any]) -> None:
-        """Retry transient failures with capped backoff; rows the database refuses are dropped one by one."""
+        """Retry transient failures with capped backoff; rows the database refuses are dropped one by one.
+
+        Returns once every row is written or refused (`batch` then holds the rows written in one insert).
+        """
         delay = self.retry_seconds
         one_by_one = False
-        while batch:
+        while True:
             try:
                 if one_by_one:
-                    await asyncio.to_thread(self._insert_one_by_one, batch)
+                    await asyncio.to_thread(self._insert_one_by_one, batch)  # empties `batch`
                 else:
                     await asyncio.to_thread(self._insert, batch)
                     self.written.inc(len(batch))
                     self.batches.inc()
-                    batch.clear()
+                break
             except sa.exc.IntegrityError:
                 one_by_one = True  # e.g. a repeated request id: keep every other row
             except Exception as error:  # connection refused, timeouts, locked database: retry
@@ -284,27 +288,6 @@ class PredictionLog:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_seconds)
         self.last_error = None
-
-    async def _rows(self, records: Sequence[ServedForecast]) -> list[Any]:
-        """The batch items for the writer; a record that cannot be serialised is dropped as rejected.
-
-        Encoded here, on the event loop, `ENCODE_CHUNK` rows (~0.4 ms) at a time, so the insert thread
-        runs no per-row Python: a thread doing that takes the GIL from the loop for up to the
-        interpreter's 5 ms switch interval at each of the loop's turns, and it showed in the p99.
-        """
-        assert self._writer is not None
-        encode = self._writer.encode
-        items = []
-        for start in range(0, len(records), ENCODE_CHUNK):
-            if start:
-                await asyncio.sleep(0)  # let waiting requests run between chunks
-            for record in records[start : start + ENCODE_CHUNK]:
-                try:
-                    items.append(encode(record))
-                except Exception as error:  # must not stop the writer: counted and logged, never silent
-                    log.warning("prediction log: record %s rejected: %s", getattr(record, "request_id", "?"), error)
-                    self.dropped.labels("rejected").inc()
-        return items
 
     def _insert(self, items: Sequence[Any]) -> None:
         assert self._engine is not None and self._writer is not None

@@ -1,6 +1,6 @@
 """The `served_forecasts` and `forecast_accuracy` tables, shared by the service and the pipeline.
 
-Imports only SQLAlchemy and the standard library: the prediction service writes through this module
+Imports only SQLAlchemy, msgspec and the standard library: the prediction service writes through this module
 and must not pay for Dagster or pandas in every worker. The URL handling is the warehouse
 resource's (`mlops_assets.warehouse_url`: same `WAREHOUSE_URL`, same default file).
 """
@@ -8,10 +8,9 @@ resource's (`mlops_assets.warehouse_url`: same `WAREHOUSE_URL`, same default fil
 from __future__ import annotations
 
 import datetime as dt
-import io
+import itertools
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +96,21 @@ def ensure_tables(engine: sa.Engine) -> None:
 
 def as_utc(moment: dt.datetime) -> dt.datetime:
     """An aware UTC datetime; naive values are refused (UTC or local time would be a guess)."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{moment!r} has no time zone: pass an aware datetime (UTC)")
+    _require_aware(moment)
     return moment.astimezone(dt.UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class ServedForecast:
-    """One answered forecast request, as stored in `served_forecasts`."""
+def _require_aware(moment: dt.datetime) -> None:
+    if moment.utcoffset() is None:  # also None when tzinfo is
+        raise ValueError(f"{moment!r} has no time zone: pass an aware datetime (UTC)")
+
+
+class ServedForecast(msgspec.Struct, frozen=True):
+    """One answered forecast request, as stored in `served_forecasts`.
+
+    A msgspec Struct, not a dataclass: the service builds one per answered request, and a frozen
+    dataclass's `__init__` cost ~1 us more. The checks below raise at construction.
+    """
 
     request_id: str
     model_name: str
@@ -122,8 +128,8 @@ class ServedForecast:
             raise ValueError(f"forecast must have {HORIZON_HOURS} values, got {len(self.forecast)}")
         if len(self.inputs) != INPUT_HOURS:
             raise ValueError(f"inputs must have {INPUT_HOURS} values, got {len(self.inputs)}")
-        as_utc(self.received_at)
-        as_utc(self.last_observed_at)
+        _require_aware(self.received_at)
+        _require_aware(self.last_observed_at)
 
     def row(self) -> dict[str, Any]:
         """The insert parameters: UTC datetimes, JSON text for the arrays."""
@@ -148,16 +154,39 @@ def _plain_number(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in served_forecasts")
 
 
-# msgspec encodes a list of 96 floats in ~4 us, json.dumps in ~70 us: the writer's main cost (bench/README.md).
+# msgspec encodes a list of 96 floats in ~2 us, json.dumps in ~70 us: the log's main per-row cost (bench/README.md).
 _encode_json = msgspec.json.Encoder(enc_hook=_plain_number).encode
 
 
 def json_text(values: Any) -> str:
     """Numbers (lists, dicts of lists, NumPy arrays) as compact JSON text; NaN is refused, not stored as null."""
     text = _encode_json(values).decode()
-    if "null" in text:
-        raise ValueError("served values must be finite numbers (NaN or infinity found)")
+    # msgspec writes NaN and infinity as null: the only "n" in JSON numbers (a one-character search is ~20x
+    # faster than one for "null"). A mapping's names may contain "null" too: then its values decide.
+    if isinstance(values, Mapping):
+        refused = "null" in text and b"null" in _encode_json(list(values.values()))
+    else:
+        refused = "n" in text
+    if refused:
+        raise ValueError(f"served values must be finite numbers (NaN or infinity found): {text[:80]}")
     return text
+
+
+def utc_text(moment: dt.datetime) -> str:
+    """RFC 3339 UTC text, `2013-06-01T12:00:00Z` or `2013-06-01T12:00:00.250000Z` (microseconds when not 0).
+
+    msgspec writes it in ~0.05 us, `isoformat` takes ~0.7 us: two per row on the request path.
+    """
+    if moment.tzinfo is not dt.UTC:  # the service's are UTC already: skip the check and conversion
+        moment = as_utc(moment)
+    return _encode_json(moment).decode()[1:-1]
+
+
+def sqlite_datetime_text(moment: dt.datetime) -> str:
+    """SQLAlchemy's SQLite DATETIME text, `2013-06-01 12:00:00.000000` (UTC wall clock, always microseconds),
+    so the pipeline reads rows written here exactly like rows written through SQLAlchemy."""
+    text = utc_text(moment)
+    return f"{text[:10]} {text[11:26]}" if len(text) == 27 else f"{text[:10]} {text[11:19]}.000000"
 
 
 _COLUMNS = (
@@ -174,53 +203,103 @@ _COLUMNS = (
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_field(value: Any) -> str:
-    if value is None:
-        return "\\N"
-    if isinstance(value, dt.datetime):
-        return value.isoformat()  # aware UTC: timestamptz reads the offset
-    text = str(value)
+def _copy_text(text: str) -> str:
     if "\\" in text or "\t" in text or "\n" in text or "\r" in text:  # rare: skip translate's ~1.5 us
         return text.translate(_COPY_ESCAPES)
     return text
 
 
-def _sqlite_field(value: Any) -> Any:
-    """SQLAlchemy's SQLite DATETIME text (UTC wall clock, microseconds), so the pipeline reads it back alike."""
+def _copy_field(value: Any) -> str:
+    if value is None:
+        return "\\N"
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-    return value
+        return utc_text(value)  # timestamptz reads the Z
+    return _copy_text(str(value))
+
+
+def _sqlite_field(value: Any) -> Any:
+    return sqlite_datetime_text(value) if isinstance(value, dt.datetime) else value
+
+
+def _copy_line(record: ServedForecast) -> str:
+    """The record as one line of COPY text (the same as `encode_row(record.row())`, without the dict).
+
+    Dates and number arrays cannot contain what COPY escapes; the free-text fields and the covariates'
+    JSON (whose names may carry JSON escapes, i.e. backslashes) are escaped when needed.
+    """
+    covariates = record.covariates
+    fields = (
+        _copy_text(record.request_id),
+        _copy_text(record.model_name),
+        _copy_text(str(record.model_version)),
+        utc_text(record.received_at),
+        utc_text(record.last_observed_at),
+        json_text(record.forecast),
+        json_text(record.inputs),
+        "\\N" if covariates is None else _copy_text(json_text(covariates)),
+    )
+    return "\t".join(fields) + "\n"
+
+
+def _sqlite_params(record: ServedForecast) -> tuple[Any, ...]:
+    """The record as one row of SQLite parameters (the same as `encode_row(record.row())`, without the dict)."""
+    covariates = record.covariates
+    return (
+        record.request_id,
+        record.model_name,
+        str(record.model_version),
+        sqlite_datetime_text(record.received_at),
+        sqlite_datetime_text(record.last_observed_at),
+        json_text(record.forecast),
+        json_text(record.inputs),
+        None if covariates is None else json_text(covariates),
+    )
+
+
+#: Lines handed to psycopg2 per read of a COPY (see `_CopySource`).
+COPY_LINES_PER_READ = 256
+#: Rows per SQLite INSERT statement, largest first: a batch is cut greedily into statements of these sizes, so
+#: sqlite3 prepares five statements once per connection (its cache keeps them) whatever the batch size, and
+#: binds at most 2,048 parameters (~0.2 ms with the GIL held; SQLite allows 32,766 since 3.32) per statement.
+SQLITE_ROWS_PER_INSERT = (256, 64, 16, 4, 1)
 
 
 class ServedWriter:
-    """Inserts `served_forecasts` rows with one driver call per batch: COPY FROM STDIN on PostgreSQL
-    (psycopg2), one INSERT ... SELECT over a JSON array on SQLite, SQLAlchemy's executemany elsewhere.
+    """Inserts `served_forecasts` rows with no per-row Python in `write`: COPY FROM STDIN on PostgreSQL
+    (psycopg2), multi-row INSERT ... VALUES statements on SQLite, SQLAlchemy's executemany elsewhere.
 
-    `encode` turns a record into what that call takes, wherever the caller likes (the service does it
-    on its event loop); `write` then runs no per-row Python and takes the GIL back once or twice per
-    batch, not once per row: behind a busy event loop each retake can wait the interpreter's 5 ms
-    switch interval, and per-row retakes made the writer fall behind (bench/README.md).
+    `encode` turns a record into what `write` takes, wherever the caller likes (the service does it in
+    `PredictionLog.enqueue`, on the request path, once per record). `write` runs in a thread: it takes the
+    GIL back once per statement or COPY read (hundreds of rows), never per row (sqlite3's executemany
+    does: behind a busy event loop each retake can wait the interpreter's 5 ms switch interval, and the
+    writer fell behind), and holds it for one such piece at most (joining or binding a whole batch at once
+    stalled the event loop for milliseconds).
+
+    SQLite: multi-row VALUES costs what executemany costs inside SQLite, about half the earlier single
+    INSERT ... SELECT over `json_each`, whose `json_extract` calls re-parsed each row's JSON (bench/README.md).
     """
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         dialect = engine.dialect
+        #: One record as this writer's batch item; raises for a record that cannot be stored.
+        self.encode: Callable[[ServedForecast], Any]
         if dialect.name == "postgresql" and dialect.driver == "psycopg2":
             self.kind = "copy"
+            self.encode = _copy_line
         elif dialect.name == "sqlite" and dialect.driver == "pysqlite":
             self.kind = "sqlite"
+            self.encode = _sqlite_params
         else:
             self.kind = "sqlalchemy"
-
-    def encode(self, record: ServedForecast) -> Any:
-        """One record as this writer's batch item (raises for a record that cannot be stored)."""
-        return self.encode_row(record.row())
+            self.encode = ServedForecast.row
 
     def encode_row(self, row: Mapping[str, Any]) -> Any:
+        """A `ServedForecast.row()` dict as this writer's batch item."""
         if self.kind == "copy":
             return "\t".join([_copy_field(row[name]) for name in _COLUMNS]) + "\n"
         if self.kind == "sqlite":
-            return _encode_json([_sqlite_field(row[name]) for name in _COLUMNS])
+            return tuple([_sqlite_field(row[name]) for name in _COLUMNS])
         return dict(row)
 
     def write(self, items: Sequence[Any]) -> None:
@@ -235,27 +314,44 @@ class ServedWriter:
             cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             try:
                 if self.kind == "copy":
-                    text = "".join(items)
-                    # One read, one send: psycopg2 takes the GIL back after every `size` chunk.
-                    cursor.copy_expert(_COPY_SQL, io.StringIO(text), size=len(text) + 1)
+                    cursor.copy_expert(_COPY_SQL, _CopySource(items))
                 else:
-                    # One statement for the batch: sqlite3's executemany takes the GIL back after
-                    # every row, and behind a busy event loop each time costs up to the 5 ms switch
-                    # interval (two workers at ~4,000 rows/s fell behind and dropped rows).
-                    cursor.execute(_SQLITE_INSERT, (b"[" + b",".join(items) + b"]",))
+                    start = 0
+                    for rows in SQLITE_ROWS_PER_INSERT:
+                        while len(items) - start >= rows:
+                            params = list(itertools.chain.from_iterable(items[start : start + rows]))
+                            cursor.execute(_SQLITE_INSERTS[rows], params)  # the GIL is released while it runs
+                            start += rows
             except self.engine.dialect.loaded_dbapi.IntegrityError as error:
                 raise sa.exc.IntegrityError(f"INSERT INTO {served_forecasts.name}", None, error) from error
             finally:
                 cursor.close()
 
 
+class _CopySource:
+    """What `copy_expert` reads: `COPY_LINES_PER_READ` lines per `read`, whatever size it asks for.
+
+    psycopg2 sends each piece with the GIL released and accepts pieces of any length. One `read` of the
+    whole batch (a StringIO of the joined lines) held the GIL through the join, StringIO's copy and the
+    encoding of megabytes: the event loop stalled for up to ~10 ms per batch.
+    """
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self._lines = lines
+        self._start = 0
+
+    def read(self, size: int = -1) -> str:
+        piece = "".join(self._lines[self._start : self._start + COPY_LINES_PER_READ])
+        self._start += COPY_LINES_PER_READ
+        return piece
+
+
 _COPY_SQL = f"COPY {served_forecasts.name} ({', '.join(_COLUMNS)}) FROM STDIN"
-#: The batch is one JSON array of rows (each an array in `_COLUMNS` order), unpacked by SQLite itself.
-_SQLITE_INSERT = (
-    f"INSERT INTO {served_forecasts.name} ({', '.join(_COLUMNS)}) SELECT "
-    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_COLUMNS)))
-    + " FROM json_each(CAST(? AS TEXT))"
-)
+_SQLITE_INSERTS = {
+    rows: f"INSERT INTO {served_forecasts.name} ({', '.join(_COLUMNS)}) VALUES "
+    + ", ".join(["(" + ", ".join("?" * len(_COLUMNS)) + ")"] * rows)
+    for rows in SQLITE_ROWS_PER_INSERT
+}
 
 
 def insert_served(engine: sa.Engine, rows: Sequence[Mapping[str, Any]]) -> None:

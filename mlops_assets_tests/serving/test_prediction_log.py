@@ -9,11 +9,22 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy.dialects import sqlite
 
-from mlops_assets.monitoring.served_log import ServedForecast, served_forecasts
+from mlops_assets.monitoring.served_log import (
+    ServedForecast,
+    ServedWriter,
+    create_warehouse_engine,
+    ensure_tables,
+    served_forecasts,
+    sqlite_datetime_text,
+    to_utc,
+)
 from mlops_assets_tests.conftest import _fresh_database
 from serving.prediction_log import PredictionLog, prediction_log_enabled, served_record
 
@@ -241,7 +252,7 @@ def test_served_record_and_switch() -> None:
 
 def test_text_the_copy_format_would_misread_is_stored_as_given(url: str) -> None:
     """COPY's text format gives tab, newline and backslash a meaning: they must arrive as sent."""
-    from mlops_assets.monitoring.served_log import create_warehouse_engine, ensure_tables, insert_served
+    from mlops_assets.monitoring.served_log import insert_served
 
     engine = create_warehouse_engine(url)
     ensure_tables(engine)
@@ -266,3 +277,81 @@ def test_text_the_copy_format_would_misread_is_stored_as_given(url: str) -> None
     observed = stored.last_observed_at
     assert (observed.replace(tzinfo=dt.UTC) if observed.tzinfo is None else observed) == T0 + dt.timedelta(hours=3)
     assert set(rows) == {"tab\there\\back\nline", "req-000001"}
+
+
+def test_a_record_that_cannot_be_stored_is_rejected_at_enqueue_and_the_rest_written(tmp_path: Path) -> None:
+    """Encoding happens in `enqueue`: a NaN is refused there (counted), not stored as null, and fails no request."""
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    registry = CollectorRegistry()
+    nan_forecast = msgspec.structs.replace(record(2), forecast=[float("nan")] * 24)
+    infinite_covariate = msgspec.structs.replace(record(3), covariates={"rh": [float("inf")] * 24})
+    named_null = msgspec.structs.replace(record(4), covariates={"null": [1.0] * 24, "nullable": [2.0] * 24})
+
+    async def scenario() -> list[bool]:
+        log = PredictionLog(url, registry=registry)
+        async with log.running():
+            return [log.enqueue(r) for r in (record(1), nan_forecast, infinite_covariate, named_null)]
+
+    assert asyncio.run(scenario()) == [True, False, False, True]
+    assert dropped(registry, "rejected") == 2
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        stored = dict(connection.execute(sa.select(served_forecasts.c.request_id, served_forecasts.c.covariates)).all())
+    engine.dispose()
+    assert set(stored) == {"req-000001", "req-000004"}
+    assert json.loads(stored["req-000004"]) == {"null": [1.0] * 24, "nullable": [2.0] * 24}
+
+
+def test_encoding_a_record_equals_encoding_its_row() -> None:
+    """`encode` (the request path's, without the dict) and `encode_row` (insert_served's) give the same item."""
+    tricky = ServedForecast(
+        request_id="tab\there\\back\nline\r",
+        model_name="atmos_temperature",
+        model_version="7\\x",
+        received_at=dt.datetime(2013, 6, 1, 21, 0, 0, 250, tzinfo=dt.timezone(dt.timedelta(hours=9, seconds=30))),
+        last_observed_at=T0,
+        forecast=np.linspace(-1.5, 2.5, 24),
+        inputs=[float(h) for h in range(72)],
+        covariates={"odd\tname\n": np.full(24, 2.0)},
+    )
+    for url in ("sqlite://", "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"):  # nothing connects
+        writer = ServedWriter(create_warehouse_engine(url))
+        for r in (tricky, record(1), record(2)):
+            assert writer.encode(r) == writer.encode_row(r.row())
+
+
+def test_sqlite_datetimes_are_written_as_sqlalchemy_writes_them() -> None:
+    """The pipeline reads `served_forecasts` through SQLAlchemy: the text must be what its DATETIME writes."""
+    dialect = sqlite.dialect()
+    to_text = sa.DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    assert to_text is not None
+    plus_nine = dt.timezone(dt.timedelta(hours=9, seconds=30))
+    for moment in (T0, T0.replace(microsecond=1), T0.replace(microsecond=250_000), T0.astimezone(plus_nine)):
+        assert sqlite_datetime_text(moment) == to_text(moment.astimezone(dt.UTC).replace(tzinfo=None))
+    with pytest.raises(ValueError, match="time zone"):
+        sqlite_datetime_text(dt.datetime(2013, 6, 1))
+
+
+def test_a_batch_cut_into_statements_or_reads_of_every_size_is_stored_as_sent(url: str) -> None:
+    """597 rows = 2 x 256 + 64 + 16 + 4 + 1 on SQLite, three COPY reads on PostgreSQL, one transaction."""
+    engine = create_warehouse_engine(url)
+    ensure_tables(engine)
+    writer = ServedWriter(engine)
+    records = [record(i) for i in range(2 * 256 + 64 + 16 + 4 + 1)]
+    writer.write([writer.encode(r) for r in records])
+    with engine.connect() as connection:
+        rows = {row.request_id: row for row in connection.execute(sa.select(served_forecasts))}
+    with pytest.raises(sa.exc.IntegrityError):  # all or nothing: one repeated id refuses the whole batch
+        writer.write([writer.encode(r) for r in (record(10_000), record(10_001), records[5])])
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(served_forecasts)).scalar_one() == len(records)
+    engine.dispose()
+    assert len(rows) == len(records)
+    for sent in records:
+        stored = rows[sent.request_id]
+        assert (stored.model_name, stored.model_version) == (sent.model_name, sent.model_version)
+        assert to_utc(stored.received_at) == sent.received_at
+        assert to_utc(stored.last_observed_at) == sent.last_observed_at
+        assert json.loads(stored.forecast) == list(sent.forecast)
+        assert json.loads(stored.inputs) == list(sent.inputs)
+        assert (None if stored.covariates is None else json.loads(stored.covariates)) == sent.covariates
