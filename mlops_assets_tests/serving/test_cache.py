@@ -137,8 +137,12 @@ async def test_hot_swap_under_concurrent_requests(store: Store, make_app: Callab
         async def worker(i: int) -> None:
             temps = series(i)
             while seen[i].count("3") < 25:
-                # In-memory transport never suspends by itself: yield as a network round trip would.
-                await anyio.sleep(0)
+                # The in-memory transport never suspends by itself: wait as a network round trip would.
+                # With sleep(0) the loop never idled, and the poller's load thread, which needs the GIL
+                # back after every file and database call, got it once per 5 ms switch interval: the
+                # load took 31 s (a served worker's loop idles between network events; measured in
+                # bench/README.md, a swap under c=8 load took ~1 s).
+                await anyio.sleep(0.005)
                 response = await client.put(PATH, json=temps)
                 if response.status_code != 200:
                     failures.append(response.text)
