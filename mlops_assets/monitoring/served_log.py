@@ -90,8 +90,25 @@ def _sqlite_write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
 
 
 def ensure_tables(engine: sa.Engine) -> None:
-    """Create the monitoring tables when missing (idempotent; existing rows are kept)."""
-    monitoring_metadata.create_all(engine, checkfirst=True)
+    """Create the monitoring tables when missing (idempotent; existing rows are kept).
+
+    Several processes create them at once: the service's workers each do on their first batch. On
+    PostgreSQL the loser of that race gets an error for a table the winner has just made (a unique
+    violation in the catalog, or "already exists"); that is success, and treating it as a refused
+    row once sent a worker's whole first batch down the row-by-row path while its queue overflowed.
+    """
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            monitoring_metadata.create_all(engine, checkfirst=True)
+            return
+        except sa.exc.DBAPIError:
+            if attempt == _CREATE_ATTEMPTS - 1:
+                raise  # not a lost race: the same error every time
+            # Lost the race for one table: the next pass sees it and creates only what is still missing.
+
+
+#: One pass per table that another process may be creating at the same moment, plus one.
+_CREATE_ATTEMPTS = len(monitoring_metadata.tables) + 1
 
 
 def as_utc(moment: dt.datetime) -> dt.datetime:

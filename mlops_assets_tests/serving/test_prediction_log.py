@@ -8,6 +8,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -355,3 +356,43 @@ def test_a_batch_cut_into_statements_or_reads_of_every_size_is_stored_as_sent(ur
         assert json.loads(stored.forecast) == list(sent.forecast)
         assert json.loads(stored.inputs) == list(sent.inputs)
         assert (None if stored.covariates is None else json.loads(stored.covariates)) == sent.covariates
+
+
+def test_tables_another_worker_creates_meanwhile_are_not_an_error(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker creates the tables on its first batch: losing that race must not fail the batch.
+
+    The loser saw no table, then its CREATE met the winner's (on PostgreSQL a unique violation in the
+    catalog, an IntegrityError, which once sent the whole first batch down the row-by-row path).
+    """
+    from mlops_assets.monitoring import served_log
+
+    engine, winner = create_warehouse_engine(url), create_warehouse_engine(url)
+    create_all = served_log.monitoring_metadata.create_all
+    passes: list[bool] = []
+
+    def lose_the_race(bind: Any, checkfirst: bool = True, **kwargs: Any) -> None:
+        passes.append(checkfirst)
+        if len(passes) == 1:
+            create_all(winner, checkfirst=True)  # the other worker, between our check and our CREATE
+            create_all(bind, checkfirst=False)  # our CREATE of a table that now exists: raises
+        create_all(bind, checkfirst=checkfirst, **kwargs)
+
+    monkeypatch.setattr(served_log.monitoring_metadata, "create_all", lose_the_race)
+    try:
+        ensure_tables(engine)
+        assert len(passes) == 2
+        assert {"served_forecasts", "forecast_accuracy"} <= set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+        winner.dispose()
+
+
+def test_an_error_that_is_not_a_lost_race_still_fails(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from mlops_assets.monitoring import served_log
+
+    def refuse(bind: Any, checkfirst: bool = True, **kwargs: Any) -> None:
+        raise sa.exc.OperationalError("CREATE TABLE served_forecasts", None, Exception("permission denied"))
+
+    monkeypatch.setattr(served_log.monitoring_metadata, "create_all", refuse)
+    with pytest.raises(sa.exc.OperationalError, match="permission denied"):
+        ensure_tables(create_warehouse_engine(f"sqlite:///{tmp_path / 'w.db'}"))
