@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,8 +44,6 @@ from serving.prediction_log import REQUEST_ID_HEADER, PredictionLog
 from serving.settings import ServingSettings
 
 _BEARER = "BearerToken"
-_AT_PATH = re.compile(r"^(?P<msg>.*) - at `(?P<path>[^`]*)`$", re.DOTALL)
-_MISSING_FIELD = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
 
 
 class Health(msgspec.Struct):

@@ -137,11 +137,8 @@ def _response(exc: Exception) -> Response[bytes]:
     return Response(content=content, status_code=status, media_type="application/json", headers=headers)
 
 
-def serving_error_handler(_: Request[Any, Any, Any], exc: ServingError) -> Response[bytes]:
-    return _response(exc)
-
-
-def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+def expected_error_handler(_: Request[Any, Any, Any], exc: ServingError | HTTPException) -> Response[bytes]:
+    """Ours and Litestar's own errors (routing, body limit), in our shape."""
     return _response(exc)
 
 
@@ -153,7 +150,7 @@ def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) ->
 
 #: The single place exceptions become HTTP statuses (handed to `Litestar(exception_handlers=...)`).
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    ServingError: serving_error_handler,
-    HTTPException: http_exception_handler,
+    ServingError: expected_error_handler,
+    HTTPException: expected_error_handler,
     Exception: unexpected_error_handler,
 }
