@@ -1,6 +1,7 @@
 """Run the service: `run(host, port, workers)`, what `mlops-assets serve` calls.
 
-uvicorn (uvloop event loop, httptools parser), `workers` processes sharing one listening socket.
+uvicorn (uvloop event loop, httptools parser, one socket write per response: `serving.http_protocol`),
+`workers` processes sharing one listening socket.
 Measured against Granian in bench/README.md: on this 2-core machine uvicorn + uvloop answered
 about 1.5x the requests at concurrency 8 and half the latency at concurrency 1.
 
@@ -108,6 +109,8 @@ def run(host: str, port: int, workers: int) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from serving.http_protocol import OneWriteHttpToolsProtocol
+
     config = uvicorn.Config(
         APP_FACTORY,
         factory=True,
@@ -115,7 +118,7 @@ def run(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=OneWriteHttpToolsProtocol,  # httptools, one socket write per response
         lifespan="on",
         access_log=False,
         log_config=_log_config(),
