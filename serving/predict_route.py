@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import re
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,7 +46,7 @@ from serving.batching import Batcher
 from serving.cache import ModelSlot
 from serving.errors import InvalidInput, MalformedBody, ServingError, error_response
 from serving.models import ModelModule
-from serving.prediction_log import REQUEST_ID_HEADER, PredictionLog, served_record
+from serving.prediction_log import REQUEST_ID_HEADER, PredictionLog, new_request_id, served_record
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ class PredictRoute:
             answer = module.shape_response(output, loaded.ref, payload)
         else:
             answer = module.shape_response(output, loaded.ref)
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         if self._prediction_log is not None and (
             record := served_record(module.name, request_id, payload, answer, received_at)
         ):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import sqlite3
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from mlops_assets.monitoring.served_log import (
     to_utc,
 )
 from mlops_assets_tests.conftest import _fresh_database
-from serving.prediction_log import PredictionLog, prediction_log_enabled, served_record
+from serving.prediction_log import PredictionLog, new_request_id, prediction_log_enabled, served_record
 
 T0 = dt.datetime(2013, 6, 1, 12, tzinfo=dt.UTC)
 
@@ -396,3 +399,32 @@ def test_an_error_that_is_not_a_lost_race_still_fails(monkeypatch: pytest.Monkey
     monkeypatch.setattr(served_log.monitoring_metadata, "create_all", refuse)
     with pytest.raises(sa.exc.OperationalError, match="permission denied"):
         ensure_tables(create_warehouse_engine(f"sqlite:///{tmp_path / 'w.db'}"))
+
+
+def test_request_ids_are_uuid7_ordered_by_time_and_distinct() -> None:
+    before_ms = time.time_ns() // 1_000_000
+    ids = [new_request_id() for _ in range(50_000)]
+    after_ms = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    for text in (ids[0], ids[-1]):
+        parsed = uuid.UUID(hex=text)
+        assert len(text) == 32 and parsed.hex == text
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before_ms <= int(text[:12], 16) <= after_ms  # the first 48 bits: Unix milliseconds
+    stamps = [text[:12] for text in ids]
+    assert stamps == sorted(stamps)  # the primary key grows at its end
+
+
+def test_a_forked_child_draws_other_request_ids_than_its_parent() -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids must not repeat the parent's (same RNG state before the fork)
+        os.close(read_end)
+        os.write(write_end, " ".join(new_request_id()[12:] for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write_end)
+    parent = {new_request_id()[12:] for _ in range(100)}
+    with os.fdopen(read_end, "rb") as pipe:
+        child = set(pipe.read().decode().split())
+    os.waitpid(pid, 0)
+    assert len(child) == 100 and not parent & child
