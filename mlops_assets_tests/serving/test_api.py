@@ -247,8 +247,13 @@ def test_shape_response_refuses_non_finite_output() -> None:
     from serving.models import ModelRef
     from serving.models.atmos_temperature import complete, shape_response
 
-    with pytest.raises(InvalidInput, match="not finite"):
-        shape_response(np.array([[np.inf] + [0.0] * 23]), ModelRef(MODEL, "1", ALIAS), complete(series()))
+    ref, window = ModelRef(MODEL, "1", ALIAS), complete(series())
+    for bad in (np.inf, -np.inf, np.nan):
+        with pytest.raises(InvalidInput, match="not finite"):
+            shape_response(np.array([[0.0] * 23 + [bad]]), ref, window)
+    # Values whose sum overflows are each finite: answered as they are.
+    huge = np.full((1, 24), 1.5e308)
+    assert shape_response(huge, ref, window).result == [1.5e308] * 24
 
 
 async def test_unknown_route_and_method_are_json_errors(client: AsyncTestClient[Litestar]) -> None:
