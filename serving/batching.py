@@ -6,11 +6,14 @@ together; each caller gets its own output row back. The rule (the same idea as B
 dispatcher and Ray Serve's `@serve.batch`, kept small):
 
 - an idle model dispatches a request at once, so batching costs nothing at concurrency 1; when its
-  predicts are cheap (smoothed CPU time per call under `SERVING_INLINE_BELOW_US`) it even predicts
-  on the event loop: handing a call to a thread and back costs 40-160 us here, more than a linear
+  one-row predicts are cheap (smoothed CPU time of one-row calls under `SERVING_INLINE_BELOW_US`)
+  it even predicts on the event loop: handing a call to a thread and back costs 40-160 us here, more than a linear
   or compiled-tree predict, and a predict that holds the GIL (NumPy-level code) stalls the loop
   anyway, up to the interpreter's 5 ms switch interval per hand-over. CPU time, not wall time, so
-  that a worker preempted on a busy machine does not push a cheap model onto the thread path;
+  that a worker preempted on a busy machine does not push a cheap model onto the thread path; of
+  one-row calls only, since a batch of a compiled ridge_boost costs about twice one row: judged by
+  the batches, a model pushed onto the thread path once by a slow call stayed there under load
+  (batches of 2-3 at 0.7 ms a call, p99 15 ms at c=8, where inline one-row calls take 0.23 ms);
 - while a batch runs, new requests queue; the queue is dispatched when the running batch ends,
   or, on the second predict thread, as soon as it holds `max_batch` rows or its oldest request has
   waited `max_wait_ms` (at most `CONCURRENT_BATCHES` batches run at once);
@@ -90,10 +93,11 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         #: Threads (the event loop's) already limited to one BLAS/OpenMP thread for inline predicts.
         self._limited_threads: set[int] = set()
-        #: Smoothed wall seconds per batch (deadline estimates) and CPU seconds per predict call
-        #: (the inline decision), measured; 0 until the first batch.
+        #: Smoothed wall seconds per batch (deadline estimates), wall and CPU seconds per one-row
+        #: predict call (the inline decision), measured; 0 until the first such call.
         self.batch_seconds = 0.0
-        self.batch_cpu_seconds = 0.0
+        self.row_seconds = 0.0
+        self.row_cpu_seconds = 0.0
         self._executor = ThreadPoolExecutor(
             CONCURRENT_BATCHES, thread_name_prefix=f"predict-{name}", initializer=limit_to_one_thread
         )
@@ -125,7 +129,7 @@ class Batcher:
         """Predict inline? Little CPU per call, and no long wall time (a call that waits on I/O or on
         other threads belongs off the loop even if this thread burns little CPU)."""
         bound = self.settings.inline_below_seconds
-        return 0 < self.batch_cpu_seconds < bound and self.batch_seconds < _INLINE_WALL_FACTOR * bound
+        return 0 < self.row_cpu_seconds < bound and self.row_seconds < _INLINE_WALL_FACTOR * bound
 
     def _expected_seconds(self) -> float:
         """Batches ahead of a new request (running + queued + its own) times the batch time."""
@@ -189,14 +193,16 @@ class Batcher:
             limit_to_one_thread()
             self._limited_threads.add(thread)
         output, seconds, cpu = self._timed_predict(loaded.artifact, row)
-        self._record(1, seconds, cpu)
+        self._record(row.shape[0], seconds, cpu)
         self._queue_wait.observe(0.0)
         return output
 
-    def _record(self, size: int, seconds: float, cpu: float) -> None:
+    def _record(self, rows: int, seconds: float, cpu: float, requests: int = 1) -> None:
         self.batch_seconds = _smooth(self.batch_seconds, seconds)
-        self.batch_cpu_seconds = _smooth(self.batch_cpu_seconds, cpu)
-        self._batch_size.observe(size)
+        if rows == 1:
+            self.row_seconds = _smooth(self.row_seconds, seconds)
+            self.row_cpu_seconds = _smooth(self.row_cpu_seconds, cpu)
+        self._batch_size.observe(requests)
         self._predict_seconds.observe(seconds)
 
     def _timed_predict(self, artifact: Any, rows: np.ndarray) -> tuple[Any, float, float]:
@@ -222,7 +228,7 @@ class Batcher:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
         else:
-            self._record(len(batch), seconds, cpu)
+            self._record(rows, seconds, cpu, len(batch))
             if len(batch) == 1:  # the whole output, also for modules whose output is not row-sliceable
                 _resolve(batch[0].future, output)
             else:

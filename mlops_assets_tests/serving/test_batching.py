@@ -132,8 +132,36 @@ async def test_a_predict_that_waits_stays_off_the_event_loop() -> None:
             await batcher.submit(_Loaded(), np.zeros((1, 1)))
     finally:
         batcher.close()
-    assert batcher.batch_cpu_seconds < 250e-6 < batcher.batch_seconds
+    assert batcher.row_cpu_seconds < 250e-6 < batcher.row_seconds
     assert all(name.startswith("predict-m") for name in threads), threads
+
+
+async def test_costly_batches_do_not_keep_a_cheap_one_row_predict_off_the_loop() -> None:
+    """The inline decision reads one-row calls: a batch that costs more (here 2 ms of CPU for any
+    batch, 20 us for one row) must not keep the model on the thread path once the burst is over
+    (judged by the smoothed batch, 0.2 x 2 ms alone is past the 250 us bound)."""
+    threads: list[str] = []
+
+    def cheap_alone(_: Any, rows: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 1:
+            time.sleep(0.003)  # the burst's first call: the others queue behind it meanwhile
+        spin_until = time.thread_time() + (20e-6 if rows.shape[0] == 1 else 2e-3)
+        while time.thread_time() < spin_until:
+            pass
+        return rows
+
+    batcher = _batcher(cheap_alone, max_wait_ms=50.0, inline_below=250e-6)
+    try:
+        await asyncio.gather(*(batcher.submit(_Loaded(), np.zeros((1, 1))) for _ in range(6)))  # a burst
+        assert any(not name.startswith("MainThread") for name in threads)  # it was batched on threads
+        assert batcher.batch_seconds > 250e-6 and 0 < batcher.row_cpu_seconds < 250e-6
+        threads.clear()
+        for _ in range(5):
+            await batcher.submit(_Loaded(), np.zeros((1, 1)))
+    finally:
+        batcher.close()
+    assert threads == ["MainThread"] * 5, threads
 
 
 async def test_a_batch_never_mixes_versions() -> None:
