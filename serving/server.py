@@ -1,7 +1,7 @@
 """Run the service: `run(host, port, workers)`, what `mlops-assets serve` calls.
 
 uvicorn (uvloop event loop, httptools parser, one socket write per response: `serving.http_protocol`),
-`workers` processes sharing one listening socket.
+`workers` processes, each with its own SO_REUSEPORT listening socket (see `OwnSocketPerWorker`).
 Measured against Granian in bench/README.md: on this 2-core machine uvicorn + uvloop answered
 about 1.5x the requests at concurrency 8 and half the latency at concurrency 1.
 
@@ -123,14 +123,18 @@ def run(host: str, port: int, workers: int) -> None:
         access_log=False,
         log_config=_log_config(),
     )
-    sock = tcp_socket(host, port)
     try:
         if workers == 1:
-            uvicorn.Server(config).run(sockets=[sock])
-        else:
-            Multiprocess(config, sockets=[sock]).run()
+            with tcp_socket(host, port) as sock:
+                uvicorn.Server(config).run(sockets=[sock])
+        elif hasattr(socket, "SO_REUSEPORT"):
+            with tcp_socket(host, port) as probe:  # the port is free (a clear error here, not in every worker)
+                port = probe.getsockname()[1]  # and port 0 picks one port for all workers
+            Multiprocess(config, sockets=OwnSocketPerWorker(host, port)).run()
+        else:  # no SO_REUSEPORT (Windows): one socket shared by the workers
+            with tcp_socket(host, port) as sock:
+                Multiprocess(config, sockets=[sock]).run()
     finally:
-        sock.close()
         if own_metrics_dir is not None:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)
 
@@ -147,7 +151,7 @@ def entry_point_environment(environ: MutableMapping[str, str]) -> None:
         environ.setdefault(variable, value)
 
 
-def tcp_socket(host: str, port: int) -> socket.socket:
+def tcp_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A listening socket whose accepted connections get TCP_NODELAY (proto = IPPROTO_TCP)."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)[
         0
@@ -155,6 +159,8 @@ def tcp_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(2048)
         sock.set_inheritable(True)
@@ -162,6 +168,40 @@ def tcp_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class OwnSocketPerWorker(list[socket.socket]):
+    """The `sockets` uvicorn's supervisor hands every worker it starts: in the worker, its own
+    SO_REUSEPORT listening socket on (host, port).
+
+    With one socket shared by all workers, whichever worker wakes first accepts every connection
+    waiting: measured here, wrk's 8 connections sometimes all went to one worker, which answered
+    for both while the other idled (a ridge forecast at 3,481 req/s instead of ~5,300;
+    bench/README.md). With a socket per worker the kernel spreads new connections over the
+    workers' sockets by a hash of the addresses (nginx's `reuseport`). The sockets are made in the
+    workers, none in the supervisor: a worker that dies takes its socket with it, and new
+    connections go to the sockets still listening instead of waiting on one nobody accepts from.
+
+    uvicorn pickles `sockets` into each worker it spawns (start, restart of a dead worker, SIGHUP,
+    SIGTTIN); this list pickles as the address and unpickles, in the worker, as the new socket.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__()
+        self.host, self.port = host, port
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
+        return _listen_in_worker, (self.host, self.port)
+
+
+def _listen_in_worker(host: str, port: int) -> list[socket.socket]:
+    try:
+        return [tcp_socket(host, port, reuse_port=True)]
+    except OSError as error:
+        from uvicorn.config import STARTUP_FAILURE
+
+        print(f"error: worker {os.getpid()} cannot listen on {host}:{port}: {error}", file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)  # uvicorn's supervisor then stops instead of restarting it forever
 
 
 def _log_config() -> dict[str, Any]:
