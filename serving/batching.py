@@ -14,6 +14,11 @@ dispatcher and Ray Serve's `@serve.batch`, kept small):
   one-row calls only, since a batch of a compiled ridge_boost costs about twice one row: judged by
   the batches, a model pushed onto the thread path once by a slow call stayed there under load
   (batches of 2-3 at 0.7 ms a call, p99 15 ms at c=8, where inline one-row calls take 0.23 ms);
+- a one-row predict above that bound still runs inline once batches have shown that batching does
+  not pay (a batched row costs at least half a one-row call, as with compiled trees, whose cost
+  grows with the rows), up to 20 times the bound: on the threads such a model only adds the hop
+  and the wait for a batch. On a machine 2x slower, compiled ridge_boost's ~225 us one-row call
+  crossed the 250 us bound and went to the threads for good (bench/README.md);
 - while a batch runs, new requests queue; the queue is dispatched when the running batch ends,
   or, on the second predict thread, as soon as it holds `max_batch` rows or its oldest request has
   waited `max_wait_ms` (at most `CONCURRENT_BATCHES` batches run at once);
@@ -46,8 +51,11 @@ log = logging.getLogger(__name__)
 #: only share the same core (a worker per core).
 CONCURRENT_BATCHES = 2
 #: An inline-cheap call may take this many times its CPU bound in wall time (preemption on a busy
-#: machine); beyond that it is waiting on something and goes to the predict threads.
+#: machine); beyond that it is waiting on something and goes to the predict threads. Also the cap
+#: on a one-row call that is inline because batching does not pay (below).
 _INLINE_WALL_FACTOR = 20
+#: Batching pays when a batched row costs less than this fraction of a one-row call.
+_BATCHING_PAYS_BELOW = 0.5
 #: Weight of the newest batch in the running estimate of a batch's duration (for deadlines).
 _SMOOTHING = 0.2
 
@@ -93,11 +101,13 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         #: Threads (the event loop's) already limited to one BLAS/OpenMP thread for inline predicts.
         self._limited_threads: set[int] = set()
-        #: Smoothed wall seconds per batch (deadline estimates), wall and CPU seconds per one-row
-        #: predict call (the inline decision), measured; 0 until the first such call.
+        #: Smoothed wall seconds per batch (deadline estimates); wall and CPU seconds per one-row
+        #: predict call and CPU seconds per row of batched calls (the inline decision); measured,
+        #: 0 until the first such call.
         self.batch_seconds = 0.0
         self.row_seconds = 0.0
         self.row_cpu_seconds = 0.0
+        self.batched_row_cpu_seconds = 0.0
         self._executor = ThreadPoolExecutor(
             CONCURRENT_BATCHES, thread_name_prefix=f"predict-{name}", initializer=limit_to_one_thread
         )
@@ -126,10 +136,18 @@ class Batcher:
         return await future
 
     def _cheap(self) -> bool:
-        """Predict inline? Little CPU per call, and no long wall time (a call that waits on I/O or on
-        other threads belongs off the loop even if this thread burns little CPU)."""
+        """Predict inline? A one-row call takes little CPU, or batching has been seen not to pay
+        (rows of a batch cost about what one row alone costs: compiled trees) and the call is not
+        long; and never when its wall time is long (a call that waits on I/O or on other threads
+        belongs off the loop even if this thread burns little CPU)."""
         bound = self.settings.inline_below_seconds
-        return 0 < self.row_cpu_seconds < bound and self.row_seconds < _INLINE_WALL_FACTOR * bound
+        cpu = self.row_cpu_seconds
+        if not (cpu > 0 and self.row_seconds < _INLINE_WALL_FACTOR * bound):
+            return False
+        if cpu < bound:
+            return True
+        batched = self.batched_row_cpu_seconds
+        return batched >= _BATCHING_PAYS_BELOW * cpu and cpu < _INLINE_WALL_FACTOR * bound
 
     def _expected_seconds(self) -> float:
         """Batches ahead of a new request (running + queued + its own) times the batch time."""
@@ -202,6 +220,8 @@ class Batcher:
         if rows == 1:
             self.row_seconds = _smooth(self.row_seconds, seconds)
             self.row_cpu_seconds = _smooth(self.row_cpu_seconds, cpu)
+        else:
+            self.batched_row_cpu_seconds = _smooth(self.batched_row_cpu_seconds, cpu / rows)
         self._batch_size.observe(requests)
         self._predict_seconds.observe(seconds)
 

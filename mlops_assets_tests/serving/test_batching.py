@@ -152,16 +152,71 @@ async def test_costly_batches_do_not_keep_a_cheap_one_row_predict_off_the_loop()
         return rows
 
     batcher = _batcher(cheap_alone, max_wait_ms=50.0, inline_below=250e-6)
+    loaded = _Loaded()  # one version: its requests may share a batch
     try:
-        await asyncio.gather(*(batcher.submit(_Loaded(), np.zeros((1, 1))) for _ in range(6)))  # a burst
+        await asyncio.gather(*(batcher.submit(loaded, np.zeros((1, 1))) for _ in range(6)))  # a burst
         assert any(not name.startswith("MainThread") for name in threads)  # it was batched on threads
-        assert batcher.batch_seconds > 250e-6 and 0 < batcher.row_cpu_seconds < 250e-6
+        assert batcher.batched_row_cpu_seconds > 0 and batcher.batch_seconds > 250e-6  # a batch ran
+        assert 0 < batcher.row_cpu_seconds < 250e-6
         threads.clear()
         for _ in range(5):
-            await batcher.submit(_Loaded(), np.zeros((1, 1)))
+            await batcher.submit(loaded, np.zeros((1, 1)))
     finally:
         batcher.close()
     assert threads == ["MainThread"] * 5, threads
+
+
+def _spinning(fixed_seconds: float, per_row_seconds: float, threads: list[str]) -> Any:
+    """A predict burning `fixed + per_row x rows` of CPU; its first call also sleeps 3 ms, so that a
+    burst queues behind it and the rest is predicted as one batch."""
+
+    def predict(_: Any, rows: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 1:
+            time.sleep(0.003)
+        spin_until = time.thread_time() + fixed_seconds + per_row_seconds * rows.shape[0]
+        while time.thread_time() < spin_until:
+            pass
+        return rows
+
+    return predict
+
+
+@pytest.mark.parametrize(
+    ("fixed", "per_row", "inline"),
+    [(0.0, 400e-6, True), (1e-3, 10e-6, False)],
+    ids=["cost-grows-with-rows", "cost-mostly-fixed"],
+)
+async def test_a_costly_predict_runs_inline_when_batching_does_not_pay(
+    fixed: float, per_row: float, inline: bool
+) -> None:
+    """Above the 250 us bound, a one-row predict goes inline only if its batched rows cost about as
+    much each (compiled trees); one whose cost is mostly fixed (scikit-learn's validation) batches."""
+    threads: list[str] = []
+    batcher = _batcher(_spinning(fixed, per_row, threads), max_wait_ms=50.0, inline_below=250e-6)
+    loaded = _Loaded()  # one version: its requests may share a batch
+    try:
+        await asyncio.gather(*(batcher.submit(loaded, np.zeros((1, 1))) for _ in range(6)))  # a burst
+        assert batcher.row_cpu_seconds > 250e-6 and batcher.batched_row_cpu_seconds > 0
+        threads.clear()
+        for _ in range(5):
+            await batcher.submit(loaded, np.zeros((1, 1)))
+    finally:
+        batcher.close()
+    assert (threads == ["MainThread"] * 5) is inline, threads
+
+
+async def test_no_predict_runs_inline_with_a_zero_bound() -> None:
+    threads: list[str] = []
+    batcher = _batcher(_spinning(0.0, 10e-6, threads), max_wait_ms=50.0, inline_below=0.0)
+    loaded = _Loaded()  # one version: its requests may share a batch
+    try:
+        await asyncio.gather(*(batcher.submit(loaded, np.zeros((1, 1))) for _ in range(6)))
+        for _ in range(5):
+            await batcher.submit(loaded, np.zeros((1, 1)))
+    finally:
+        batcher.close()
+    assert not any(name == "MainThread" for name in threads), threads
 
 
 async def test_a_batch_never_mixes_versions() -> None:
