@@ -54,22 +54,11 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: f
     return process.returncode
 
 
-@pytest.fixture(scope="module")
-def live(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("live")
-    db = root / "mlflow.db"
-    shutil.copyfile(template.db, db)
-    store = Store(f"sqlite:///{db}", db, template.versions)
-    store.set_champion("1")
+def _start_two_workers(root: Path, store: Store, **environment: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`python -m serving --workers 2` on a free port, serving `store`; (process, port, its log)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "PROMETHEUS_"))}
-    env.update(
-        MLFLOW_TRACKING_URI=store.uri,
-        SERVING_POLL_SECONDS="0.2",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        SERVING_MODELS=MODEL,
-        PROMETHEUS_MULTIPROC_DIR=str(root / "metrics"),  # read per worker by the connection-spread tests
-    )
+    env.update(MLFLOW_TRACKING_URI=store.uri, MLFLOW_DISABLE_TELEMETRY="true", SERVING_MODELS=MODEL, **environment)
     log = root / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -80,6 +69,20 @@ def live(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return process, port, log
+
+
+@pytest.fixture(scope="module")
+def live(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("live")
+    db = root / "mlflow.db"
+    shutil.copyfile(template.db, db)
+    store = Store(f"sqlite:///{db}", db, template.versions)
+    store.set_champion("1")
+    # The multiprocess metrics directory is read per worker by the connection-spread test.
+    process, port, log = _start_two_workers(
+        root, store, SERVING_POLL_SECONDS="0.2", PROMETHEUS_MULTIPROC_DIR=str(root / "metrics")
+    )
     server = LiveServer(f"http://127.0.0.1:{port}", port, process, store, log)
     try:
         deadline = time.monotonic() + 60
@@ -129,11 +132,12 @@ def _listening_inodes(pid: int, port: int) -> set[str]:
         if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":  # 0A: TCP_LISTEN
             listening.add(fields[9])
     owned = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                owned.add(target[len("socket:[") : -1])
+    with contextlib.suppress(OSError):  # a process gone (or a zombie) owns nothing
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owned.add(target[len("socket:[") : -1])
     return listening & owned
 
 
@@ -291,20 +295,9 @@ def test_new_connections_avoid_a_killed_worker_until_its_replacement_listens(
     (a socket held open by the supervisor would keep getting its share, and nobody would accept)."""
     db = tmp_path / "mlflow.db"
     shutil.copyfile(template.db, db)
-    Store(f"sqlite:///{db}", db, template.versions).set_champion("1")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "PROMETHEUS_"))}
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{db}", MLFLOW_DISABLE_TELEMETRY="true", SERVING_MODELS=MODEL)
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--port", str(port), "--workers", "2"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    store = Store(f"sqlite:///{db}", db, template.versions)
+    store.set_champion("1")
+    process, port, log = _start_two_workers(tmp_path, store)
     try:
         deadline = time.monotonic() + 60
         while len(workers := _workers(process)) < 2 or not all(_listening_inodes(pid, port) for pid in workers):
@@ -314,8 +307,8 @@ def test_new_connections_avoid_a_killed_worker_until_its_replacement_listens(
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         os.kill(workers[0], signal.SIGKILL)
-        while Path(f"/proc/{workers[0]}").exists() and Path(f"/proc/{workers[0]}/fd").exists():
-            time.sleep(0.01)  # gone (a zombie has no open files)
+        while _listening_inodes(workers[0], port):
+            time.sleep(0.01)  # until its socket is closed
         started = time.monotonic()
         for i in range(40):  # the replacement takes seconds to load the model: these reach the survivor
             response = httpx.put(f"http://127.0.0.1:{port}{PATH}", json=series(i), timeout=10)
