@@ -348,12 +348,12 @@ def test_all_on_secret_references(all_on_docs: list[dict[str, Any]]) -> None:
 def test_dagster_instance_uses_postgres_and_k8s_run_launcher(variant: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = variant
     instance = dagster_yaml(docs)
-    for storage, cls in (
-        ("run_storage", "PostgresRunStorage"),
-        ("event_log_storage", "PostgresEventLogStorage"),
-        ("schedule_storage", "PostgresScheduleStorage"),
+    for storage, module, cls in (
+        ("run_storage", "dagster_postgres", "PostgresRunStorage"),
+        ("event_log_storage", "mlops_assets.pool_claims", "PoolSafePostgresEventLogStorage"),
+        ("schedule_storage", "dagster_postgres", "PostgresScheduleStorage"),
     ):
-        assert instance[storage]["module"] == "dagster_postgres"
+        assert instance[storage]["module"] == module
         assert instance[storage]["class"] == cls
         db = instance[storage]["config"]["postgres_db"]
         assert db["scheme"] == "postgresql+psycopg2"

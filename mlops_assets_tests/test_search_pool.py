@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from mlops_assets.constants import SEARCH_POOL
+from mlops_assets.pool_claims import PoolSafePostgresEventLogStorage
 from mlops_assets_tests.conftest import _fresh_database
 
 DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
@@ -49,11 +50,41 @@ def production_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 def test_the_production_instance_limits_the_search_pool_to_one(production_home: Path) -> None:
     with dg.DagsterInstance.from_config(str(production_home)) as instance:
-        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.event_log_storage) is PoolSafePostgresEventLogStorage
         assert instance.event_log_storage.supports_global_concurrency_limits
         concurrency = instance.get_concurrency_config()
         assert concurrency.pool_config.default_pool_limit == 1
         assert concurrency.run_queue_config is not None and concurrency.run_queue_config.max_concurrent_runs == 2
+
+
+def test_two_steps_claiming_the_one_slot_at_once_never_both_get_it(production_home: Path) -> None:
+    """The storage's claim, from two threads released together, 40 times: one step gets the slot.
+    (Dagster's own claim gave both steps the slot when they came within milliseconds.)"""
+    import threading
+
+    from dagster._utils.concurrency import ConcurrencySlotStatus
+
+    with dg.DagsterInstance.from_config(str(production_home)) as instance:
+        storage = instance.event_log_storage
+        storage.initialize_concurrency_limit_to_default(SEARCH_POOL)
+        for attempt in range(40):
+            outcomes: list[ConcurrencySlotStatus] = []
+
+            def claim(run_id: str, start: threading.Barrier, outcomes: list[ConcurrencySlotStatus] = outcomes) -> None:
+                start.wait()
+                outcomes.append(storage._claim_concurrency_slot(SEARCH_POOL, run_id, "search"))
+
+            start = threading.Barrier(2)
+            threads = [threading.Thread(target=claim, args=(f"run-{attempt}-{i}", start)) for i in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            claimed = [outcome for outcome in outcomes if outcome == ConcurrencySlotStatus.CLAIMED]
+            assert len(outcomes) == 2 and len(claimed) == 1, (attempt, outcomes)
+            info = storage.get_concurrency_info(SEARCH_POOL)
+            assert info.active_slot_count == 1
+            storage.free_concurrency_slots_for_run(next(s.run_id for s in info.claimed_slots))
 
 
 #: One run of a stand-in for a tuning asset (same pool, holds it a few seconds), in its own
